@@ -1,0 +1,17 @@
+//! The compute backend chosen at build time: burn's pure-Rust `Flex` CPU backend by default,
+//! CUDA with the `cuda` feature (kernels fused and autotuned; libraries loaded at run time).
+
+#[cfg(not(feature = "cuda"))]
+pub type Compute = burn::backend::Flex;
+#[cfg(feature = "cuda")]
+pub type Compute = burn::backend::Cuda;
+
+/// The backend with automatic differentiation, for training.
+pub type Train = burn::backend::Autodiff<Compute>;
+
+/// Human-readable name of the compiled backend, recorded in provenance.
+pub const NAME: &str = if cfg!(feature = "cuda") {
+    "cuda"
+} else {
+    "cpu-flex"
+};

@@ -1,0 +1,66 @@
+//! The `harness` command line: each command is a thin layer over a library function.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod data;
+pub mod ls;
+pub mod probe;
+pub mod run;
+pub mod show;
+pub mod synth;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "harness",
+    version,
+    about = "Train and compare LLaVA-style vision-language models"
+)]
+pub struct Cli {
+    /// Results directory (run store).
+    #[arg(
+        long,
+        global = true,
+        env = "HARNESS_RESULTS",
+        default_value = "results"
+    )]
+    pub results: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run both stages of one experiment.
+    Run(run::RunArgs),
+    /// Run many experiments, reusing every stage already completed.
+    Sweep(run::SweepArgs),
+    /// List the runs in the store.
+    Ls(ls::LsArgs),
+    /// Show one run: config, provenance, status, last metrics.
+    Show(show::ShowArgs),
+    /// Compare a checkpoint's outputs with another implementation.
+    #[command(subcommand)]
+    Probe(probe::ProbeCommand),
+    /// Generate the synthetic world (images, COCO captions, instruct conversations).
+    Synth(synth::SynthArgs),
+    /// Inspect the data an experiment will train on.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let results = cli.results;
+    match cli.command {
+        Command::Run(a) => run::run(&results, a),
+        Command::Sweep(a) => run::sweep(&results, a),
+        Command::Ls(a) => ls::ls(&results, a),
+        Command::Show(a) => show::show(&results, a),
+        Command::Probe(c) => probe::probe(c),
+        Command::Synth(a) => synth::synth(a),
+        Command::Data(c) => data::data(c),
+    }
+}

@@ -1,0 +1,60 @@
+//! `harness probe`: run a checkpoint on fixed inputs and write the outputs (float32
+//! safetensors) for comparison with another implementation (e.g. transformers).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::model::probe;
+
+#[derive(Subcommand, Debug)]
+pub enum ProbeCommand {
+    /// Language model: `logits` [T, vocab] for every position of `--ids`.
+    Lm(LmArgs),
+    /// Vision tower: `pixel_values` [3, H, W], `hidden_m2` and `hidden_m1` [tokens, d].
+    Vision(VisionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LmArgs {
+    /// HF checkpoint folder (config.json + safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Comma-separated token ids, e.g. 1,2,3.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        allow_negative_numbers = true
+    )]
+    pub ids: Vec<i64>,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct VisionArgs {
+    /// HF checkpoint folder (config.json, preprocessor_config.json, safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image file (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn probe(c: ProbeCommand) -> anyhow::Result<()> {
+    let (out, tensors) = match c {
+        ProbeCommand::Lm(a) => (a.out, probe::probe_lm(&a.model, &a.ids)?),
+        ProbeCommand::Vision(a) => (a.out, probe::probe_vision(&a.model, &a.image)?),
+    };
+    probe::write(&out, &tensors)?;
+    for (name, shape, _) in &tensors {
+        println!("{name} {shape:?}");
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `harness run` and `harness sweep`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::plan::{self, ExecOptions};
+use crate::store::{self, Store};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Experiment file.
+    pub file: PathBuf,
+    /// Continue an interrupted or failed run from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the plan (which stages run, which are reused and from where) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Experiment files; all are validated before anything runs.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
+    go(results, &[a.file], a.dry_run, a.resume)
+}
+
+/// Sweeps continue interrupted runs: that is what re-running a sweep is for.
+pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
+    go(results, &a.files, a.dry_run, true)
+}
+
+fn go(results: &Path, files: &[PathBuf], dry_run: bool, resume: bool) -> anyhow::Result<()> {
+    let store = Store::new(results);
+    let exps = plan::load_all(files)?;
+    let code = plan::code_state_here();
+    if dry_run {
+        let p = plan::plan(&store, &exps, &code)?;
+        print!("{}", plan::describe(&p));
+        for e in &exps {
+            let missing = crate::config::check_paths(&e.exp, &[1, 2]);
+            if !missing.is_empty() {
+                println!(
+                    "note: {} needs, before it can run:\n  {}",
+                    e.path.display(),
+                    missing.join("\n  ")
+                );
+            }
+        }
+        return Ok(());
+    }
+    let runner = crate::stage::default_runner();
+    let missing: Vec<String> = exps
+        .iter()
+        .flat_map(|e| {
+            crate::config::check_paths(&e.exp, &[1, 2])
+                .into_iter()
+                .map(move |m| format!("{}: {m}", e.path.display()))
+        })
+        .collect();
+    if runner.needs_inputs() && !missing.is_empty() {
+        anyhow::bail!(
+            "missing inputs; nothing was run:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+    store::install_signal_handler();
+    let opts = ExecOptions {
+        resume,
+        ..Default::default()
+    };
+    let outcomes = plan::sweep(&store, files, &code, runner.as_ref(), &opts)?;
+    println!("{:<40} {:<12} {}", "RUN", "STATE", "NOTE");
+    let mut failed = 0;
+    for o in &outcomes {
+        match o {
+            Ok(o) => println!("{:<40} {:<12} {}", o.run_id, o.state.to_string(), o.note),
+            Err((id, e)) => {
+                failed += 1;
+                let state = Store::new(results)
+                    .read_status(id)
+                    .map(|s| s.state.to_string())
+                    .unwrap_or_else(|_| "failed".into());
+                println!("{id:<40} {state:<12} {}", e.lines().next().unwrap_or(""));
+                eprintln!("{id}: {e}");
+            }
+        }
+    }
+    println!("results in {}", results.display());
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} runs did not complete", outcomes.len());
+    }
+    Ok(())
+}

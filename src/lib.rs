@@ -1,0 +1,18 @@
+//! `harness`: a research harness for LLaVA-style vision-language models.
+//!
+//! Folders name the domain: `config` (experiment files and their hashes), `store` (the run
+//! store under `results/`), `metrics` (Parquet metrics), `provenance` (git identity),
+//! `plan` (sweeps), `model`, `data`, and `cli` (thin commands over the library).
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod fsutil;
+pub mod metrics;
+pub mod model;
+pub mod plan;
+pub mod provenance;
+pub mod runs;
+pub mod stage;
+pub mod store;

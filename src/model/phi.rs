@@ -1,0 +1,417 @@
+//! Phi (`PhiForCausalLM`, microsoft/phi-2) with Hugging Face semantics.
+//!
+//! Block: `x + attn(ln(x)) + mlp(ln(x))` with one `input_layernorm` (parallel attention and
+//! MLP). Attention: biased q/k/v projections, rotary embedding on the first
+//! `head_dim * partial_rotary_factor` dims of each head in the rotate_half (NeoX) layout, the
+//! rest passed through; output projection `dense`. MLP: fc1 -> gelu_new (tanh) -> fc2.
+//! Then `final_layernorm` and a biased `lm_head`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::Bool;
+use serde_json::Value;
+
+use super::checkpoint::{read_json, Checkpoint};
+use super::{attention, Activation};
+
+/// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
+/// the top level (the microsoft/phi-2 file) or from `rope_parameters` (current transformers).
+#[derive(Config, Debug, PartialEq)]
+pub struct PhiConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[config(default = 2048)]
+    pub max_position_embeddings: usize,
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    #[config(default = 0.5)]
+    pub partial_rotary_factor: f64,
+    #[config(default = "Activation::GeluTanh")]
+    pub hidden_act: Activation,
+    #[config(default = false)]
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<usize>,
+    pub eos_token_id: Option<usize>,
+    pub pad_token_id: Option<usize>,
+}
+
+impl PhiConfig {
+    /// Reads `dir/config.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("config.json");
+        let json = read_json(&path)?;
+        Self::from_hf_json(&json).with_context(|| format!("reading {}", path.display()))
+    }
+
+    pub fn from_hf_json(v: &Value) -> anyhow::Result<Self> {
+        let get = |k: &str| -> anyhow::Result<usize> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .with_context(|| format!("missing or non-integer `{k}`"))
+        };
+        let id = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        let rope = v.get("rope_parameters").filter(|r| r.is_object());
+        let rope_f = |k: &str, d: f64| {
+            rope.and_then(|r| r.get(k))
+                .or_else(|| v.get(k))
+                .and_then(Value::as_f64)
+                .unwrap_or(d)
+        };
+        if let Some(t) = rope
+            .and_then(|r| r.get("rope_type"))
+            .and_then(Value::as_str)
+        {
+            if t != "default" {
+                bail!("rope_type `{t}` is not supported (only default)");
+            }
+        }
+        if v.get("qk_layernorm").and_then(Value::as_bool) == Some(true) {
+            bail!("qk_layernorm = true is not supported");
+        }
+        let heads = get("num_attention_heads")?;
+        let act = v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new");
+        Ok(Self {
+            vocab_size: get("vocab_size")?,
+            hidden_size: get("hidden_size")?,
+            intermediate_size: get("intermediate_size")?,
+            num_hidden_layers: get("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: id("num_key_value_heads").unwrap_or(heads),
+            max_position_embeddings: id("max_position_embeddings").unwrap_or(2048),
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5),
+            rope_theta: rope_f("rope_theta", 10000.0),
+            partial_rotary_factor: rope_f("partial_rotary_factor", 0.5),
+            hidden_act: Activation::from_hf(act)?,
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            bos_token_id: id("bos_token_id"),
+            eos_token_id: id("eos_token_id"),
+            pad_token_id: id("pad_token_id"),
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Dims per head that get the rotary embedding (HF truncates with `int()`).
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim() as f64 * self.partial_rotary_factor) as usize
+    }
+
+    /// A randomly initialised model (tests, demos); real runs use [`Phi::load`].
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Phi<B> {
+        let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim());
+        let kv = self.num_key_value_heads * hd;
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        Phi {
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, d).init(device),
+            layers: (0..self.num_hidden_layers)
+                .map(|_| PhiLayer {
+                    input_layernorm: ln(),
+                    q_proj: lin(d, d),
+                    k_proj: lin(d, kv),
+                    v_proj: lin(d, kv),
+                    dense: lin(d, d),
+                    fc1: lin(d, f),
+                    fc2: lin(f, d),
+                    num_heads: self.num_attention_heads,
+                    num_kv_heads: self.num_key_value_heads,
+                    act: self.hidden_act,
+                })
+                .collect(),
+            final_layernorm: ln(),
+            lm_head: lin(d, self.vocab_size),
+            rotary_dim: self.rotary_dim(),
+            rope_theta: self.rope_theta,
+        }
+    }
+}
+
+/// Keys and values of every layer for incremental decoding, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+        }
+    }
+
+    /// Tokens already cached (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct PhiLayer<B: Backend> {
+    pub input_layernorm: LayerNorm<B>,
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub dense: Linear<B>,
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+/// cos and sin for the rotary dims, `[1, 1, tokens, rotary_dim]` (HF `PhiRotaryEmbedding`).
+struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(rotary_dim: usize, theta: f64, start: usize, len: usize, device: &B::Device) -> Self {
+        // f32 like HF: inv_freq = 1 / theta^(2i/dim), angles = pos * inv_freq, duplicated.
+        let half = rotary_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(len * rotary_dim);
+        let mut sin = Vec::with_capacity(len * rotary_dim);
+        for p in start..start + len {
+            for j in 0..rotary_dim {
+                let a = p as f32 * inv[j % half];
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let t = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, rotary_dim]), device)
+        };
+        Self {
+            cos: t(cos),
+            sin: t(sin),
+        }
+    }
+
+    /// Rotates the first `rotary_dim` dims of `[b, h, t, head_dim]`, NeoX layout.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, t, hd] = x.dims();
+        let r = self.cos.dims()[3];
+        if r == 0 {
+            return x;
+        }
+        let rot = x.clone().slice([0..b, 0..h, 0..t, 0..r]);
+        let x1 = rot.clone().slice([0..b, 0..h, 0..t, 0..r / 2]);
+        let x2 = rot.clone().slice([0..b, 0..h, 0..t, r / 2..r]);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let rot = rot * self.cos.clone() + rotated * self.sin.clone();
+        if r == hd {
+            rot
+        } else {
+            Tensor::cat(vec![rot, x.slice([0..b, 0..h, 0..t, r..hd])], 3)
+        }
+    }
+}
+
+impl<B: Backend> PhiLayer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let h = self.input_layernorm.forward(x.clone());
+        let a = self.attn(h.clone(), rope, mask, cache);
+        let m = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
+        a + m + x
+    }
+
+    fn attn(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let hd = d / self.num_heads;
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
+        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let o = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, d]);
+        self.dense.forward(o)
+    }
+
+    /// Grouped-query attention: each kv head serves `heads / kv_heads` query heads.
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let n = self.num_heads / self.num_kv_heads;
+        if n == 1 {
+            return x;
+        }
+        let [b, kvh, s, hd] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([b, kvh, n, s, hd])
+            .reshape([b, kvh * n, s, hd])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Phi<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<PhiLayer<B>>,
+    pub final_layernorm: LayerNorm<B>,
+    pub lm_head: Linear<B>,
+    pub rotary_dim: usize,
+    pub rope_theta: f64,
+}
+
+impl<B: Backend> Phi<B> {
+    /// Loads an HF checkpoint folder (single file or sharded; f32/f16/bf16 weights are
+    /// converted to the device's float dtype, or `ckpt.dtype`).
+    pub fn from_dir(dir: &Path, device: &B::Device) -> anyhow::Result<(Self, PhiConfig)> {
+        let cfg = PhiConfig::load(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        Ok((Self::load(&ckpt, &cfg, device)?, cfg))
+    }
+
+    /// Builds the model from checkpoint tensors; the HF key names are spelled out here.
+    pub fn load(ckpt: &Checkpoint, cfg: &PhiConfig, device: &B::Device) -> anyhow::Result<Self> {
+        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let kv = cfg.num_key_value_heads * cfg.head_dim();
+        let eps = cfg.layer_norm_eps;
+        let mut m = cfg.init::<B>(device);
+        m.embed_tokens = ckpt.embedding("model.embed_tokens", v, d, device)?;
+        for (i, l) in m.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            l.input_layernorm = ckpt.layer_norm(&format!("{p}.input_layernorm"), d, eps, device)?;
+            l.q_proj = ckpt.linear(&format!("{p}.self_attn.q_proj"), d, d, true, device)?;
+            l.k_proj = ckpt.linear(&format!("{p}.self_attn.k_proj"), d, kv, true, device)?;
+            l.v_proj = ckpt.linear(&format!("{p}.self_attn.v_proj"), d, kv, true, device)?;
+            l.dense = ckpt.linear(&format!("{p}.self_attn.dense"), d, d, true, device)?;
+            l.fc1 = ckpt.linear(&format!("{p}.mlp.fc1"), d, f, true, device)?;
+            l.fc2 = ckpt.linear(&format!("{p}.mlp.fc2"), f, d, true, device)?;
+        }
+        m.final_layernorm = ckpt.layer_norm("model.final_layernorm", d, eps, device)?;
+        m.lm_head = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+            let mut head = ckpt.linear("model.embed_tokens", d, v, false, device)?;
+            head.bias = Some(burn::module::Param::from_tensor(ckpt.tensor(
+                "lm_head.bias",
+                [v],
+                device,
+            )?));
+            head
+        } else {
+            ckpt.linear("lm_head", d, v, true, device)?
+        };
+        Ok(m)
+    }
+
+    /// Token embeddings `[batch, tokens, d]` for ids `[batch, tokens]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Logits `[batch, tokens, vocab]` for every position.
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        self.forward_embeds(self.embed(ids), mask, None)
+    }
+
+    /// Logits `[batch, tokens, vocab]` from input embeddings `[batch, tokens, d]` (what the
+    /// VLM feeds, image features spliced in).
+    ///
+    /// `mask`: `[batch, cached + tokens]`, true for real tokens, false for padding (HF's
+    /// `attention_mask`); `None` means no padding. Positions are `cached .. cached + tokens`
+    /// for every row, as HF does when no `position_ids` are given, so pad on the right.
+    /// With `cache`, the new keys/values are appended and only the new tokens are computed.
+    pub fn forward_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        mask: Option<Tensor<B, 2, Bool>>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = embeds.dims();
+        let device = embeds.device();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let rope = Rope::new(self.rotary_dim, self.rope_theta, past, t, &device);
+        let mask = attention_mask(b, t, past, mask, &device);
+        let mut x = embeds;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &rope, mask.clone(), slot);
+        }
+        self.lm_head.forward(self.final_layernorm.forward(x))
+    }
+}
+
+/// True where attention is forbidden: future keys (causal) and padded keys;
+/// `[batch or 1, 1, tokens, past + tokens]`. `None` when nothing is masked (one new token,
+/// no padding).
+fn attention_mask<B: Backend>(
+    b: usize,
+    t: usize,
+    past: usize,
+    keep: Option<Tensor<B, 2, Bool>>,
+    device: &B::Device,
+) -> Option<Tensor<B, 4, Bool>> {
+    let s = past + t;
+    let causal: Vec<bool> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| j > past + i))
+        .collect();
+    let causal = Tensor::<B, 4, Bool>::from_data(TensorData::new(causal, [1, 1, t, s]), device);
+    match keep {
+        None => Some(causal),
+        Some(keep) => {
+            assert_eq!(
+                keep.dims(),
+                [b, s],
+                "attention mask must be [batch, cached + tokens]"
+            );
+            let pad = keep.bool_not().reshape([b, 1, 1, s]).expand([b, 1, t, s]);
+            Some(causal.expand([b, 1, t, s]).bool_or(pad))
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The library side of `harness probe`: run a checkpoint on given inputs and return the
+//! numbers another implementation can be compared with (float32, row-major).
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use super::checkpoint::write_f32_safetensors;
+use super::clip::ClipVision;
+use super::phi::Phi;
+use super::preprocess::{load_image, preprocess, PreprocessConfig};
+use crate::backend::Compute;
+
+/// A named float32 tensor: (name, shape, values).
+pub type Named = (&'static str, Vec<usize>, Vec<f32>);
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+    let data = t.into_data().convert::<f32>();
+    let shape = data.shape.to_vec();
+    (shape, data.to_vec::<f32>().expect("f32 data"))
+}
+
+/// `logits` `[T, vocab]` of the LM in `model_dir` for one sequence of ids.
+pub fn probe_lm(model_dir: &Path, ids: &[i64]) -> anyhow::Result<Vec<Named>> {
+    anyhow::ensure!(!ids.is_empty(), "no token ids given");
+    let device = Default::default();
+    let (lm, cfg) = Phi::<Compute>::from_dir(model_dir, &device)?;
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= cfg.vocab_size) {
+        anyhow::bail!(
+            "token id {bad} is outside the vocabulary (0..{})",
+            cfg.vocab_size
+        );
+    }
+    let t = Tensor::<Compute, 2, Int>::from_data(
+        TensorData::new(ids.to_vec(), [1, ids.len()]),
+        &device,
+    );
+    let logits = lm.forward(t, None);
+    let [_, n, v] = logits.dims();
+    let (_, vals) = values(logits.reshape([n, v]));
+    Ok(vec![("logits", vec![n, v], vals)])
+}
+
+/// `pixel_values` `[3, H, W]`, `hidden_m2` and `hidden_m1` `[tokens, d]` (HF
+/// `hidden_states[-2]` and `[-1]`, CLS included) of the vision tower in `model_dir`, with the
+/// checkpoint's own `preprocessor_config.json`.
+pub fn probe_vision(model_dir: &Path, image: &Path) -> anyhow::Result<Vec<Named>> {
+    let device = Default::default();
+    let pcfg = PreprocessConfig::load(model_dir)?;
+    let (tower, _) = ClipVision::<Compute>::from_dir(model_dir, &device)?;
+    let img = load_image(image)?;
+    let (h, w) = pcfg.output_size();
+    let px = preprocess(&img, &pcfg);
+    let pixels =
+        Tensor::<Compute, 4>::from_data(TensorData::new(px.clone(), [1, 3, h, w]), &device);
+    let hs = tower.hidden_states(pixels);
+    let n = hs.len();
+    let (s2, m2) = values(hs[n - 2].clone());
+    let (s1, m1) = values(hs[n - 1].clone());
+    Ok(vec![
+        ("pixel_values", vec![3, h, w], px),
+        ("hidden_m2", s2[1..].to_vec(), m2),
+        ("hidden_m1", s1[1..].to_vec(), m1),
+    ])
+}
+
+/// Writes probe results as one safetensors file.
+pub fn write(out: &Path, tensors: &[Named]) -> anyhow::Result<()> {
+    let t: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (*n, s.clone(), v.clone()))
+        .collect();
+    write_f32_safetensors(out, &t)
+}

@@ -1,0 +1,133 @@
+//! The projector from CLIP features to LM embeddings.
+//!
+//! `Residual` (ours, DESIGN.md section 2): `Linear(d_vision -> d_lm)` then `depth` blocks
+//! `x + W2(gelu(W1(LN(x))))`; depth 0 is LLaVA-1's plain linear projection.
+//! `Mlp2xGelu` (LLaVA-1.5): `Linear(d_vision -> d_lm), GELU, Linear(d_lm -> d_lm)`.
+
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ProjectorKind {
+    Residual,
+    Mlp2xGelu,
+}
+
+#[derive(Config, Debug)]
+pub struct ProjectorConfig {
+    pub d_vision: usize,
+    pub d_lm: usize,
+    /// Residual blocks after the input projection (`Residual` only).
+    #[config(default = 0)]
+    pub depth: usize,
+    #[config(default = "ProjectorKind::Residual")]
+    pub kind: ProjectorKind,
+    /// Hidden width of each residual block; `None` = `d_lm`.
+    pub block_hidden: Option<usize>,
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct ResidualBlock<B: Backend> {
+    pub norm: LayerNorm<B>,
+    pub w1: Linear<B>,
+    pub w2: Linear<B>,
+}
+
+impl<B: Backend> ResidualBlock<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self
+            .w2
+            .forward(gelu(self.w1.forward(self.norm.forward(x.clone()))));
+        x + h
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Projector<B: Backend> {
+    pub input: Linear<B>,
+    pub blocks: Vec<ResidualBlock<B>>,
+    /// The second linear of `mlp2x_gelu`.
+    pub output: Option<Linear<B>>,
+}
+
+impl ProjectorConfig {
+    /// Default burn initialisation, except each block's `w2` starts at zero: every residual
+    /// block begins as the identity, so a deeper projector starts as the same function as
+    /// depth 0 and comparisons across depths start from equal footing.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Projector<B> {
+        let (dv, d) = (self.d_vision, self.d_lm);
+        let hidden = self.block_hidden.unwrap_or(d);
+        match self.kind {
+            ProjectorKind::Residual => Projector {
+                input: LinearConfig::new(dv, d).init(device),
+                blocks: (0..self.depth)
+                    .map(|_| ResidualBlock {
+                        norm: LayerNormConfig::new(d)
+                            .with_epsilon(self.layer_norm_eps)
+                            .init(device),
+                        w1: LinearConfig::new(d, hidden).init(device),
+                        w2: LinearConfig::new(hidden, d)
+                            .with_initializer(burn::nn::Initializer::Zeros)
+                            .init(device),
+                    })
+                    .collect(),
+                output: None,
+            },
+            ProjectorKind::Mlp2xGelu => Projector {
+                input: LinearConfig::new(dv, d).init(device),
+                blocks: vec![],
+                output: Some(LinearConfig::new(d, d).init(device)),
+            },
+        }
+    }
+}
+
+impl<B: Backend> Projector<B> {
+    /// `[batch, patches, d_vision]` -> `[batch, patches, d_lm]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut x = self.input.forward(x);
+        if let Some(out) = &self.output {
+            return out.forward(gelu(x));
+        }
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Compute;
+
+    #[test]
+    fn residual_blocks_start_as_identity() {
+        let dev = Default::default();
+        let p0 = ProjectorConfig::new(8, 16).init::<Compute>(&dev);
+        let mut p3 = ProjectorConfig::new(8, 16)
+            .with_depth(3)
+            .init::<Compute>(&dev);
+        let x = Tensor::<Compute, 3>::random([2, 5, 8], burn::tensor::Distribution::Default, &dev);
+        // Params initialise lazily; use p0 first so the clone copies its values.
+        let a = p0.forward(x.clone());
+        p3.input = p0.input.clone();
+        let b = p3.forward(x);
+        assert_eq!(b.dims(), [2, 5, 16]);
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn mlp2x_gelu_shapes() {
+        let dev = Default::default();
+        let p = ProjectorConfig::new(8, 16)
+            .with_kind(ProjectorKind::Mlp2xGelu)
+            .init::<Compute>(&dev);
+        let x = Tensor::<Compute, 3>::zeros([1, 4, 8], &dev);
+        assert_eq!(p.forward(x).dims(), [1, 4, 16]);
+    }
+}

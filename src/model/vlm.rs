@@ -1,0 +1,134 @@
+//! LLaVA assembly: projected image features spliced into the LM's token embeddings.
+//!
+//! A sequence is token ids in which [`IMAGE_TOKEN`] marks where an image goes (LLaVA's
+//! `IMAGE_TOKEN_INDEX`, -200: the prompt is tokenized in pieces around each `<image>` and
+//! the marker is put between them). Each marker is replaced by all patch embeddings of the
+//! next image; rows are right-padded to one length with the pad token's embedding and a
+//! false attention mask. [`Spliced::sources`] says where every output position came from, so
+//! labels can be laid out on the same positions (image and pad positions get no label).
+
+use burn::prelude::*;
+use burn::tensor::Bool;
+
+use super::phi::Phi;
+
+/// Marks an image slot in the token ids (LLaVA's `IMAGE_TOKEN_INDEX`).
+pub const IMAGE_TOKEN: i64 = -200;
+
+/// Where an output position's embedding came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The input token at this index of the row.
+    Token(usize),
+    /// Patch `patch` of image `image` (index into the features batch).
+    Image {
+        image: usize,
+        patch: usize,
+    },
+    Pad,
+}
+
+pub struct Spliced<B: Backend> {
+    /// `[batch, len, d_lm]`, for [`Phi::forward_embeds`].
+    pub embeds: Tensor<B, 3>,
+    /// `[batch, len]`, true on real positions (tokens and image patches).
+    pub mask: Tensor<B, 2, Bool>,
+    /// Per row, the source of every position (`len` entries).
+    pub sources: Vec<Vec<Source>>,
+}
+
+/// Splices `images` (`[n_images, patches, d_lm]`, already projected) into the embeddings of
+/// `rows`. Image markers take images in order across the batch (row 0's first, ...). Panics
+/// when the number of markers differs from `n_images`: that is a data bug, not an input.
+pub fn splice<B: Backend>(
+    lm: &Phi<B>,
+    rows: &[Vec<i64>],
+    images: Tensor<B, 3>,
+    pad_id: usize,
+) -> Spliced<B> {
+    let [n_images, patches, d] = images.dims();
+    let device = images.device();
+    let markers: usize = rows.iter().flatten().filter(|&&t| t == IMAGE_TOKEN).count();
+    assert_eq!(
+        markers, n_images,
+        "{markers} image markers but {n_images} images"
+    );
+    let len = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|&t| if t == IMAGE_TOKEN { patches } else { 1 })
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+
+    // One embedding lookup for the whole batch: markers and padding read the pad embedding.
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| {
+            let mut v: Vec<i64> = r
+                .iter()
+                .map(|&t| if t == IMAGE_TOKEN { pad_id as i64 } else { t })
+                .collect();
+            v.resize(width, pad_id as i64);
+            v
+        })
+        .collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), width]), &device);
+    let tokens = lm.embed(ids);
+    let pad = tokens.clone().slice([0..1, 0..1, 0..d]).reshape([1, d]);
+
+    let mut next_image = 0;
+    let mut out_rows = Vec::with_capacity(rows.len());
+    let mut sources = Vec::with_capacity(rows.len());
+    let mut mask = Vec::with_capacity(rows.len() * len);
+    for (r, row) in rows.iter().enumerate() {
+        let row_tokens = tokens
+            .clone()
+            .slice([r..r + 1, 0..width, 0..d])
+            .reshape([width, d]);
+        let mut parts = Vec::new();
+        let mut src = Vec::with_capacity(len);
+        let mut i = 0;
+        while i < row.len() {
+            if row[i] == IMAGE_TOKEN {
+                let img = images
+                    .clone()
+                    .slice([next_image..next_image + 1, 0..patches, 0..d]);
+                parts.push(img.reshape([patches, d]));
+                src.extend((0..patches).map(|patch| Source::Image {
+                    image: next_image,
+                    patch,
+                }));
+                next_image += 1;
+                i += 1;
+            } else {
+                let start = i;
+                while i < row.len() && row[i] != IMAGE_TOKEN {
+                    i += 1;
+                }
+                parts.push(row_tokens.clone().slice([start..i, 0..d]));
+                src.extend((start..i).map(Source::Token));
+            }
+        }
+        let real = src.len();
+        if real < len {
+            // The embedding of the pad token (its value is irrelevant under the mask, but a
+            // real embedding keeps the numbers ordinary).
+            let pad_rows = pad.clone().expand([len - real, d]);
+            parts.push(pad_rows);
+            src.resize(len, Source::Pad);
+        }
+        mask.extend((0..len).map(|j| j < real));
+        out_rows.push(Tensor::cat(parts, 0).unsqueeze_dim::<3>(0));
+        sources.push(src);
+    }
+    let _ = n_images;
+    Spliced {
+        embeds: Tensor::cat(out_rows, 0),
+        mask: Tensor::from_data(TensorData::new(mask, [rows.len(), len]), &device),
+        sources,
+    }
+}

@@ -1,0 +1,465 @@
+//! Plans and runs experiments: each experiment is two stages keyed by their hashes; a stage
+//! whose key some run already completed is reused, the rest run under claims so that two
+//! sweep workers on one results folder never run the same stage twice.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{self, LoadedExperiment, StageKeys};
+use crate::fsutil::{now_rfc3339, write_atomic, write_json};
+use crate::metrics::{self, MetricsWriter};
+use crate::provenance::{CodeState, Provenance};
+use crate::stage::{Interrupted, StageContext, StageRunner};
+use crate::store::{self, LiveRun, StageStatus, State, Store};
+
+/// What will happen to one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageAction {
+    /// Train it in this run.
+    Run,
+    /// Continue this run's interrupted attempt from its latest checkpoint.
+    Resume,
+    /// Use the completed result of another run (or one planned earlier in the sweep).
+    Reuse { from_run: String, planned: bool },
+    /// Already completed in this very run.
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    pub exp: LoadedExperiment,
+    pub keys: StageKeys,
+    pub run_id: String,
+    /// The run's state in the store if it exists (with dead heartbeats shown as interrupted).
+    pub existing: Option<State>,
+    pub stages: [StageAction; 2],
+}
+
+/// `name-<config hash 8>-<commit 7>[-d<diff hash 8>]`.
+pub fn run_id(name: &str, keys: &StageKeys, code: &CodeState) -> String {
+    format!("{name}-{}-{}", &keys.config[..8], code.id_suffix())
+}
+
+/// Loads and validates every file before anything runs; all problems are reported together.
+pub fn load_all(files: &[PathBuf]) -> Result<Vec<LoadedExperiment>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        match config::load(f) {
+            Ok(e) => out.push(e),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} of {} experiment files are invalid; nothing was run:\n{}",
+            errors.len(),
+            files.len(),
+            errors.join("\n")
+        );
+    }
+    let mut names = std::collections::BTreeMap::new();
+    for e in &out {
+        if let Some(prev) = names.insert(e.exp.name.clone(), e.path.clone()) {
+            bail!(
+                "experiment name {:?} is used by both {} and {}",
+                e.exp.name,
+                prev.display(),
+                e.path.display()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Decides, for each experiment in order, which stages run and which are reused.
+pub fn plan(store: &Store, exps: &[LoadedExperiment], code: &CodeState) -> Result<Vec<PlannedRun>> {
+    let mut planned: Vec<PlannedRun> = Vec::new();
+    for e in exps {
+        let keys = config::stage_keys(&e.exp);
+        let id = run_id(&e.exp.name, &keys, code);
+        let status = store.read_status(&id).ok();
+        let existing = status.as_ref().map(|s| store.effective_state(s));
+        let mut stages = [StageAction::Run, StageAction::Run];
+        for (i, key) in [&keys.stage1, &keys.stage2].into_iter().enumerate() {
+            let name = format!("stage{}", i + 1);
+            let own = status.as_ref().and_then(|s| s.stages.get(&name));
+            stages[i] = if let Some(own) =
+                own.filter(|o| matches!(o.state, State::Completed | State::Reused))
+            {
+                if own.state == State::Completed {
+                    StageAction::Done
+                } else {
+                    StageAction::Reuse {
+                        from_run: own.run_id.clone(),
+                        planned: false,
+                    }
+                }
+            } else if let Some(rec) = store.completed_stage(key) {
+                StageAction::Reuse {
+                    from_run: rec.run_id,
+                    planned: false,
+                }
+            } else if let Some(p) = planned.iter().find(|p| {
+                (if i == 0 {
+                    &p.keys.stage1
+                } else {
+                    &p.keys.stage2
+                }) == key
+                    && matches!(p.stages[i], StageAction::Run | StageAction::Resume)
+            }) {
+                StageAction::Reuse {
+                    from_run: p.run_id.clone(),
+                    planned: true,
+                }
+            } else if own.is_some() {
+                StageAction::Resume
+            } else {
+                StageAction::Run
+            };
+        }
+        planned.push(PlannedRun {
+            exp: e.clone(),
+            keys,
+            run_id: id,
+            existing,
+            stages,
+        });
+    }
+    Ok(planned)
+}
+
+/// The plan as a table for `--dry-run`.
+pub fn describe(plan: &[PlannedRun]) -> String {
+    let mut s = String::new();
+    for p in plan {
+        s.push_str(&format!(
+            "{}  ({})  run {}{}\n",
+            p.exp.exp.name,
+            p.exp.path.display(),
+            p.run_id,
+            p.existing.map(|st| format!(" [{st}]")).unwrap_or_default()
+        ));
+        for (i, a) in p.stages.iter().enumerate() {
+            let key = if i == 0 {
+                &p.keys.stage1
+            } else {
+                &p.keys.stage2
+            };
+            let what = match a {
+                StageAction::Run => "run".to_string(),
+                StageAction::Resume => "resume from its latest checkpoint".to_string(),
+                StageAction::Done => "done (completed in this run)".to_string(),
+                StageAction::Reuse {
+                    from_run,
+                    planned: true,
+                } => format!("reuse from {from_run} (runs earlier in this sweep)"),
+                StageAction::Reuse { from_run, .. } => format!("reuse from {from_run}"),
+            };
+            s.push_str(&format!("  stage {} @ {}: {what}\n", i + 1, &key[..12]));
+        }
+    }
+    s
+}
+
+/// Options for executing runs.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Continue interrupted or failed runs (sweeps always do).
+    pub resume: bool,
+    /// Seconds between metric flushes.
+    pub flush_every: Duration,
+    /// How long to wait for another worker's claim on a stage before giving up.
+    pub stage_wait: Duration,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            resume: false,
+            flush_every: Duration::from_secs(2),
+            stage_wait: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Outcome of one planned run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub name: String,
+    pub state: State,
+    /// `skipped` when already completed, otherwise what this invocation did.
+    pub note: String,
+}
+
+/// Runs one planned experiment to completion (or failure / interruption).
+pub fn execute(
+    store: &Store,
+    p: &PlannedRun,
+    code: &CodeState,
+    runner: &dyn StageRunner,
+    opts: &ExecOptions,
+) -> Result<RunOutcome> {
+    let outcome = |state, note: &str| RunOutcome {
+        run_id: p.run_id.clone(),
+        name: p.exp.exp.name.clone(),
+        state,
+        note: note.into(),
+    };
+    let previous = store.read_status(&p.run_id).ok();
+    if let Some(prev) = &previous {
+        match store.effective_state(prev) {
+            State::Completed => return Ok(outcome(State::Completed, "skipped: already completed")),
+            State::Running | State::Pending => {}
+            s if !opts.resume => bail!(
+                "run {} is {s}; pass --resume to continue it from its latest checkpoint",
+                p.run_id
+            ),
+            _ => {}
+        }
+    }
+    let claim = store.claim_run(&p.run_id)?;
+    let dir = store.run_dir(&p.run_id);
+    // Another worker may have completed it between planning and claiming.
+    if let Ok(s) = store.read_status(&p.run_id) {
+        if s.state == State::Completed {
+            return Ok(outcome(
+                State::Completed,
+                "skipped: completed by another worker",
+            ));
+        }
+    }
+    write_atomic(
+        &dir.join("run.toml"),
+        config::to_toml(&p.exp.exp).as_bytes(),
+    )?;
+    let mut prov = Provenance::new(code.clone());
+    if let Ok(old) = store.read_provenance(&p.run_id) {
+        prov.started = old.started;
+    }
+    write_json(&dir.join("provenance.json"), &prov)?;
+    if code.dirty {
+        write_atomic(&dir.join("diff.patch"), &code.diff)?;
+    }
+    let resumed = previous.is_some();
+    let live = LiveRun::start(&dir, claim, runner.name(), previous)?;
+    store::log_line(
+        &dir,
+        &format!(
+            "{} run {} ({})",
+            if resumed { "resume" } else { "start" },
+            p.run_id,
+            p.exp.path.display()
+        ),
+    );
+    let mut writer = MetricsWriter::new(&dir.join("metrics"), &p.run_id, opts.flush_every)?;
+
+    let result = run_stages(store, p, runner, opts, &live, &mut writer);
+    writer.flush()?;
+    drop(writer);
+    let (state, error) = match &result {
+        Ok(()) => (State::Completed, None),
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            (State::Interrupted, Some(format!("{e:#}")))
+        }
+        Err(e) => (State::Failed, Some(format!("{e:#}"))),
+    };
+    if state == State::Completed {
+        metrics::compact(&dir.join("metrics"))?;
+    }
+    prov.ended = Some(now_rfc3339());
+    write_json(&dir.join("provenance.json"), &prov)?;
+    store::log_line(
+        &dir,
+        &format!(
+            "{state}{}",
+            error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    );
+    live.finish(state, error.clone())?;
+    match result {
+        Ok(()) => Ok(outcome(
+            State::Completed,
+            if resumed {
+                "resumed and completed"
+            } else {
+                "completed"
+            },
+        )),
+        Err(e) => Err(e.context(format!("run {} {state}", p.run_id))),
+    }
+}
+
+fn run_stages(
+    store: &Store,
+    p: &PlannedRun,
+    runner: &dyn StageRunner,
+    opts: &ExecOptions,
+    live: &LiveRun,
+    writer: &mut MetricsWriter,
+) -> Result<()> {
+    let dir = store.run_dir(&p.run_id);
+    let mut stage1_dir: Option<PathBuf> = None;
+    for n in [1u8, 2] {
+        let name = format!("stage{n}");
+        let key = if n == 1 {
+            p.keys.stage1.clone()
+        } else {
+            p.keys.stage2.clone()
+        };
+        let own = live.status().stages.get(&name).cloned();
+        let result_run = match own {
+            Some(s) if matches!(s.state, State::Completed | State::Reused) => s.run_id,
+            _ => match acquire_stage(store, &key, n, &p.run_id, opts, live, &name)? {
+                Acquired::Reuse(from) => from,
+                Acquired::Train(claim) => {
+                    let started = now_rfc3339();
+                    let status = |state, ended| StageStatus {
+                        key: key.clone(),
+                        state,
+                        run_id: p.run_id.clone(),
+                        started: Some(started.clone()),
+                        ended,
+                    };
+                    live.set_stage(&name, status(State::Running, None))?;
+                    let mut ctx = StageContext {
+                        stage: n,
+                        exp: &p.exp.exp,
+                        run_id: &p.run_id,
+                        run_dir: dir.clone(),
+                        checkpoint_dir: dir.join("checkpoints").join(&name),
+                        stage1_dir: stage1_dir.clone(),
+                        metrics: writer,
+                        resume: true,
+                    };
+                    let r = runner.run(&mut ctx);
+                    let state = match &r {
+                        Ok(()) => State::Completed,
+                        Err(e) if e.downcast_ref::<Interrupted>().is_some() => State::Interrupted,
+                        Err(_) => State::Failed,
+                    };
+                    live.set_stage(&name, status(state, Some(now_rfc3339())))?;
+                    r?;
+                    store.record_stage(&key, n, &p.run_id)?;
+                    drop(claim);
+                    p.run_id.clone()
+                }
+            },
+        };
+        stage1_dir = Some(
+            store
+                .run_dir(&result_run)
+                .join("checkpoints")
+                .join("stage1"),
+        );
+    }
+    Ok(())
+}
+
+enum Acquired {
+    /// A completed result exists in this run.
+    Reuse(String),
+    /// This run holds the stage's claim and must train it.
+    Train(store::Claim),
+}
+
+/// Reuses a completed stage, or claims it for training; waits while another live worker
+/// trains it.
+fn acquire_stage(
+    store: &Store,
+    key: &str,
+    n: u8,
+    run_id: &str,
+    opts: &ExecOptions,
+    live: &LiveRun,
+    name: &str,
+) -> Result<Acquired> {
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        if let Some(rec) = store.completed_stage(key) {
+            if rec.run_id != run_id {
+                live.set_stage(
+                    name,
+                    StageStatus {
+                        key: key.into(),
+                        state: State::Reused,
+                        run_id: rec.run_id.clone(),
+                        started: None,
+                        ended: Some(now_rfc3339()),
+                    },
+                )?;
+                store::log_line(
+                    &live.dir,
+                    &format!("stage {n}: reusing {key} from {}", rec.run_id),
+                );
+            }
+            return Ok(Acquired::Reuse(rec.run_id));
+        }
+        if let Some(c) = store.claim_stage(key, run_id)? {
+            // Completed between the check and the claim: reuse rather than retrain.
+            if store.completed_stage(key).is_some() {
+                drop(c);
+                continue;
+            }
+            return Ok(Acquired::Train(c));
+        }
+        if store::interrupted() {
+            return Err(Interrupted.into());
+        }
+        if start.elapsed() > opts.stage_wait {
+            bail!("stage {n} ({key}) is still being trained by another worker");
+        }
+        if !said {
+            eprintln!(
+                "stage {n} ({}) is being trained by another worker; waiting for it",
+                &key[..12]
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+/// Loads, plans and runs experiments in order; one failure does not stop the others.
+pub fn sweep(
+    store: &Store,
+    files: &[PathBuf],
+    code: &CodeState,
+    runner: &dyn StageRunner,
+    opts: &ExecOptions,
+) -> Result<Vec<Result<RunOutcome, (String, String)>>> {
+    let exps = load_all(files)?;
+    let mut out = Vec::new();
+    for p in plan(store, &exps, code)? {
+        // Re-plan each run just before it starts, so stages completed earlier in this sweep
+        // (or by another worker) are reused.
+        let fresh = plan(store, std::slice::from_ref(&p.exp), code)?.remove(0);
+        match execute(store, &fresh, code, runner, opts) {
+            Ok(o) => out.push(Ok(o)),
+            Err(e) => {
+                let interrupted = store::interrupted();
+                out.push(Err((p.run_id.clone(), format!("{e:#}"))));
+                if interrupted {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The working folder a run's code state is read from.
+pub fn code_dir() -> Result<PathBuf> {
+    std::env::current_dir().context("cannot read the current folder")
+}
+
+/// Convenience for callers that only have a path.
+pub fn code_state_here() -> CodeState {
+    crate::provenance::code_state(&code_dir().unwrap_or_else(|_| Path::new(".").into()))
+}

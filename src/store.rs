@@ -1,0 +1,482 @@
+//! The run store: `results/<run-id>/` holds one run's `run.toml`, `provenance.json`,
+//! `status.json`, `metrics/`, `checkpoints/`, `charts/`, `report.html` and `log.txt`.
+//! `results/_stages/` records which run produced each completed stage key, so later runs
+//! reuse it.
+//!
+//! Claims are files created exclusively (O_EXCL), which works on local and shared file
+//! systems alike. A claim is stale when its owner is a dead pid on this host, or when the
+//! owner's heartbeat (refreshed in `status.json` every few seconds) is older than the
+//! heartbeat timeout; a stale claim may be taken over by exactly one claimant.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, create_exclusive, now_rfc3339, now_s, read_json, write_json};
+
+/// Default seconds without a heartbeat after which a running run counts as interrupted.
+pub const DEFAULT_HEARTBEAT_TIMEOUT_S: f64 = 60.0;
+/// How often a live run refreshes its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Lifecycle of a run (and of each of its stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Interrupted,
+    /// A stage taken over from another run with the same stage key.
+    Reused,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).unwrap();
+        f.write_str(s.as_str().unwrap_or("?"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStatus {
+    pub key: String,
+    pub state: State,
+    /// The run whose result this stage uses (itself, or the run it was reused from).
+    pub run_id: String,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+}
+
+/// `status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub run_id: String,
+    pub state: State,
+    pub pid: u32,
+    pub host: String,
+    /// RFC 3339 and Unix seconds of the last sign of life.
+    pub heartbeat: String,
+    pub heartbeat_s: f64,
+    pub started: String,
+    pub ended: Option<String>,
+    pub error: Option<String>,
+    /// Which stage implementation ran (`train`, or `test` for the orchestration tests).
+    pub runner: String,
+    pub stages: BTreeMap<String, StageStatus>,
+}
+
+/// What a claim file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimInfo {
+    pub run_id: String,
+    pub pid: u32,
+    pub host: String,
+    pub created_s: f64,
+    /// Unique per claim, so a takeover can check it replaces the claim it judged stale.
+    pub token: String,
+}
+
+impl ClaimInfo {
+    fn mine(run_id: &str) -> Self {
+        ClaimInfo {
+            run_id: run_id.into(),
+            pid: std::process::id(),
+            host: fsutil::hostname(),
+            created_s: now_s(),
+            token: format!("{}-{}-{}", fsutil::hostname(), std::process::id(), now_s()),
+        }
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether SIGINT/SIGTERM arrived; long loops check this and stop cleanly.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Installs the SIGINT/SIGTERM handler: the first signal asks the work to stop (it marks
+/// the run interrupted and flushes metrics); a second one exits at once.
+pub fn install_signal_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step, flushing metrics (again to force)");
+    });
+}
+
+/// Test hook: raise the interrupt flag as a signal would.
+pub fn request_interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// The store rooted at a results folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+    pub heartbeat_timeout_s: f64,
+}
+
+impl Store {
+    /// Opens (without creating) the store; the timeout comes from
+    /// `HARNESS_HEARTBEAT_TIMEOUT` (seconds) when set.
+    pub fn new(root: &Path) -> Self {
+        let timeout = std::env::var("HARNESS_HEARTBEAT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT_S);
+        Store {
+            root: root.to_path_buf(),
+            heartbeat_timeout_s: timeout,
+        }
+    }
+
+    pub fn with_heartbeat_timeout(mut self, seconds: f64) -> Self {
+        self.heartbeat_timeout_s = seconds;
+        self
+    }
+
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.root.join(run_id)
+    }
+
+    fn stages_dir(&self) -> PathBuf {
+        self.root.join("_stages")
+    }
+
+    /// Every run folder in the store (folders with a `status.json`), sorted by id.
+    pub fn run_ids(&self) -> Result<Vec<String>> {
+        if !self.root.exists() {
+            return Ok(vec![]);
+        }
+        let mut ids: Vec<String> = fs::read_dir(&self.root)
+            .with_context(|| format!("cannot list {}", self.root.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("status.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn read_status(&self, run_id: &str) -> Result<Status> {
+        read_json(&self.run_dir(run_id).join("status.json"))
+    }
+
+    /// The state to show: a `running` run whose heartbeat stopped (or whose pid on this host
+    /// is gone) is `interrupted`.
+    pub fn effective_state(&self, s: &Status) -> State {
+        if s.state == State::Running && self.owner_gone(&s.host, s.pid, s.heartbeat_s) {
+            State::Interrupted
+        } else {
+            s.state
+        }
+    }
+
+    fn owner_gone(&self, host: &str, pid: u32, heartbeat_s: f64) -> bool {
+        (host == fsutil::hostname() && !fsutil::pid_alive(pid))
+            || now_s() - heartbeat_s > self.heartbeat_timeout_s
+    }
+
+    /// Whether the claim described by `info` no longer has a live owner.
+    fn claim_stale(&self, info: &ClaimInfo) -> bool {
+        let beat = self
+            .read_status(&info.run_id)
+            .map(|s| s.heartbeat_s)
+            .unwrap_or(info.created_s);
+        // A claim made after the status was last written (a resume) counts from its creation.
+        self.owner_gone(&info.host, info.pid, beat.max(info.created_s))
+    }
+
+    /// Tries to take the claim file at `lock` for `run_id`. `Ok(None)` when a live owner
+    /// holds it (returned so callers can say who).
+    fn try_claim(&self, lock: &Path, run_id: &str) -> Result<Result<ClaimInfo, ClaimInfo>> {
+        fs::create_dir_all(lock.parent().unwrap())?;
+        let mine = ClaimInfo::mine(run_id);
+        let bytes = serde_json::to_vec(&mine)?;
+        if create_exclusive(lock, &bytes)? {
+            return Ok(Ok(mine));
+        }
+        let held: ClaimInfo = match read_json(lock) {
+            Ok(h) => h,
+            // A claim file is written in one small write right after creation; unreadable
+            // means it is being written now.
+            Err(_) => {
+                return Ok(Err(ClaimInfo {
+                    token: String::new(),
+                    ..mine
+                }))
+            }
+        };
+        if !self.claim_stale(&held) {
+            return Ok(Err(held));
+        }
+        // Takeover: only the one who creates `<lock>.steal` may replace the stale claim.
+        let steal = lock.with_extension("steal");
+        if !create_exclusive(&steal, &bytes)? {
+            let age = fs::metadata(&steal)
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default().as_secs_f64())
+                .unwrap_or(0.0);
+            if age > self.heartbeat_timeout_s {
+                let _ = fs::remove_file(&steal); // its taker died mid-takeover
+            }
+            return Ok(Err(held));
+        }
+        let result = (|| {
+            let again: Option<ClaimInfo> = read_json(lock).ok();
+            if again.as_ref().map(|a| a.token.as_str()) != Some(held.token.as_str()) {
+                return Ok(Err(again.unwrap_or(held.clone())));
+            }
+            fs::remove_file(lock)?;
+            if create_exclusive(lock, &bytes)? {
+                Ok(Ok(mine.clone()))
+            } else {
+                Ok(Err(read_json(lock).unwrap_or(held.clone())))
+            }
+        })();
+        let _ = fs::remove_file(&steal);
+        result
+    }
+
+    /// Claims a run folder. Errors name the live owner when there is one.
+    pub fn claim_run(&self, run_id: &str) -> Result<Claim> {
+        let dir = self.run_dir(run_id);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let lock = dir.join("lock");
+        match self.try_claim(&lock, run_id)? {
+            Ok(info) => Ok(Claim { lock, info }),
+            Err(owner) => Err(anyhow!(
+                "run {run_id} is claimed by pid {} on {} (lock {}); it is still alive",
+                owner.pid,
+                owner.host,
+                lock.display()
+            )),
+        }
+    }
+
+    /// Tries to claim a stage key for `run_id`; `Ok(None)` when another live run has it.
+    pub fn claim_stage(&self, key: &str, run_id: &str) -> Result<Option<Claim>> {
+        let lock = self.stages_dir().join(format!("{key}.lock"));
+        Ok(self
+            .try_claim(&lock, run_id)?
+            .ok()
+            .map(|info| Claim { lock, info }))
+    }
+
+    /// The run that completed `key`, if any.
+    pub fn completed_stage(&self, key: &str) -> Option<StageRecord> {
+        read_json(&self.stages_dir().join(format!("{key}.json"))).ok()
+    }
+
+    /// Records that `run_id` completed the stage `key`.
+    pub fn record_stage(&self, key: &str, stage: u8, run_id: &str) -> Result<()> {
+        let rec = StageRecord {
+            key: key.into(),
+            stage,
+            run_id: run_id.into(),
+            completed: now_rfc3339(),
+        };
+        write_json(&self.stages_dir().join(format!("{key}.json")), &rec)
+    }
+
+    /// Resolves a run reference: a full id, a unique id prefix, or an experiment name (its
+    /// latest run). Errors list the candidates.
+    pub fn resolve(&self, reference: &str) -> Result<String> {
+        let ids = self.run_ids()?;
+        if ids.iter().any(|i| i == reference) {
+            return Ok(reference.into());
+        }
+        let by_prefix: Vec<&String> = ids.iter().filter(|i| i.starts_with(reference)).collect();
+        let by_name: Vec<(String, String)> = ids
+            .iter()
+            .filter_map(|i| {
+                let exp = self.read_experiment(i).ok()?;
+                let st = self.read_status(i).ok()?;
+                (exp.name == reference).then(|| (st.started, i.clone()))
+            })
+            .collect();
+        if let Some((_, latest)) = by_name.iter().max() {
+            return Ok(latest.clone());
+        }
+        match by_prefix.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => {
+                let known = if ids.is_empty() {
+                    "the store is empty".into()
+                } else {
+                    ids.join(", ")
+                };
+                bail!(
+                    "no run matches {reference:?} in {} ({known})",
+                    self.root.display()
+                )
+            }
+            many => bail!(
+                "{reference:?} is ambiguous; it matches {}",
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The resolved experiment a run was started with (`run.toml`).
+    pub fn read_experiment(&self, run_id: &str) -> Result<crate::config::Experiment> {
+        let p = self.run_dir(run_id).join("run.toml");
+        let text =
+            fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        crate::config::parse(&text, &p.display().to_string())
+    }
+
+    pub fn read_provenance(&self, run_id: &str) -> Result<crate::provenance::Provenance> {
+        read_json(&self.run_dir(run_id).join("provenance.json"))
+    }
+}
+
+/// `_stages/<key>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub key: String,
+    pub stage: u8,
+    pub run_id: String,
+    pub completed: String,
+}
+
+/// A held claim; released on drop (only if the file is still ours).
+#[derive(Debug)]
+pub struct Claim {
+    pub lock: PathBuf,
+    pub info: ClaimInfo,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let ours = read_json::<ClaimInfo>(&self.lock).map(|c| c.token == self.info.token);
+        if ours.unwrap_or(false) {
+            let _ = fs::remove_file(&self.lock);
+        }
+    }
+}
+
+/// A run in progress: its status behind a mutex shared with the heartbeat thread, which
+/// rewrites `status.json` every few seconds.
+pub struct LiveRun {
+    pub dir: PathBuf,
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    beat: Option<std::thread::JoinHandle<()>>,
+    _claim: Claim,
+}
+
+impl LiveRun {
+    /// Starts (or restarts, on resume) the run under a claim: writes `status.json` as
+    /// running and starts the heartbeat.
+    pub fn start(dir: &Path, claim: Claim, runner: &str, previous: Option<Status>) -> Result<Self> {
+        let now = now_rfc3339();
+        let status = Status {
+            run_id: claim.info.run_id.clone(),
+            state: State::Running,
+            pid: std::process::id(),
+            host: fsutil::hostname(),
+            heartbeat: now.clone(),
+            heartbeat_s: now_s(),
+            started: previous.as_ref().map(|p| p.started.clone()).unwrap_or(now),
+            ended: None,
+            error: None,
+            runner: runner.into(),
+            stages: previous.map(|p| p.stages).unwrap_or_default(),
+        };
+        let path = dir.join("status.json");
+        write_json(&path, &status)?;
+        let status = Arc::new(Mutex::new(status));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, stop2, p2) = (status.clone(), stop.clone(), path.clone());
+        let beat = std::thread::spawn(move || {
+            let tick = Duration::from_millis(200);
+            let mut since = Duration::ZERO;
+            while !stop2.load(Ordering::SeqCst) {
+                std::thread::sleep(tick);
+                since += tick;
+                if since >= HEARTBEAT_EVERY {
+                    since = Duration::ZERO;
+                    let mut s = s2.lock().unwrap();
+                    s.heartbeat = now_rfc3339();
+                    s.heartbeat_s = now_s();
+                    let _ = write_json(&p2, &*s);
+                }
+            }
+        });
+        Ok(LiveRun {
+            dir: dir.to_path_buf(),
+            status,
+            stop,
+            beat: Some(beat),
+            _claim: claim,
+        })
+    }
+
+    /// Updates the status under the lock and writes it.
+    pub fn update(&self, f: impl FnOnce(&mut Status)) -> Result<()> {
+        let mut s = self.status.lock().unwrap();
+        f(&mut s);
+        s.heartbeat = now_rfc3339();
+        s.heartbeat_s = now_s();
+        write_json(&self.dir.join("status.json"), &*s)
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap().clone()
+    }
+
+    pub fn set_stage(&self, name: &str, st: StageStatus) -> Result<()> {
+        self.update(|s| {
+            s.stages.insert(name.into(), st);
+        })
+    }
+
+    /// Ends the run with a final state (and error text for failures).
+    pub fn finish(mut self, state: State, error: Option<String>) -> Result<Status> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.beat.take() {
+            let _ = h.join();
+        }
+        self.update(|s| {
+            s.state = state;
+            s.ended = Some(now_rfc3339());
+            s.error = error;
+        })?;
+        Ok(self.status())
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.beat.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Appends a line to the run's `log.txt` (best effort: logging never fails a run).
+pub fn log_line(run_dir: &Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("log.txt"))
+    {
+        let _ = writeln!(f, "{} {line}", now_rfc3339());
+    }
+}

@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A minimal valid experiment; `extra` is appended (sections and keys).
+pub fn experiment(name: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nseed = 1\n\n[model]\nvision = \"builtin:v\"\nlm = \"builtin:l\"\n\n{extra}"
+    )
+}
+
+pub fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The harness binary, run in `cwd` with the orchestration test stage.
+pub fn harness(cwd: &Path, results: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+    c.current_dir(cwd)
+        .env("HARNESS_RESULTS", results)
+        .env("HARNESS_STAGE_RUNNER", "test")
+        .env_remove("HARNESS_HEARTBEAT_TIMEOUT");
+    c
+}

@@ -1,0 +1,16 @@
+//! One integration-test binary (one link of burn + polars instead of one per file).
+//! Each area adds its module here.
+
+mod data_batch;
+mod data_bench;
+mod data_cache;
+mod data_inspect;
+mod data_loaders;
+mod data_sequence;
+mod data_synth;
+mod model_errors;
+mod model_parity;
+mod model_vlm;
+mod common;
+mod config_hash;
+mod store_runs;
