@@ -54,6 +54,7 @@ PHI_IDS = [1, 17, 99, 3, 64, 127, 0, 42, 5]
 # A right-padded batch: row 1 is 5 tokens long.
 PHI_BATCH = [[7, 8, 9, 10, 11, 12, 13], [100, 2, 55, 31, 4, 0, 0]]
 PHI_BATCH_MASK = [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]]
+JPEGS = ["portrait.jpg", "photo420.jpg", "photo422.jpg", "gray.jpg"]
 TOKENIZER_TEXTS = ["a red circle on a blue square", "Hello, world! <|endoftext|>", "unicode: café"]
 
 
@@ -83,8 +84,18 @@ def make_images():
         return img
 
     picture(70, 50).save(out("images", "landscape.png"))
-    # 4:4:4 sampling keeps decoder differences (chroma upsampling) out of the comparison.
+    # JPEG variants the exact decoder must match PIL (libjpeg-turbo) on: 4:4:4, 4:2:0 with odd
+    # sizes (edge replication in the chroma upsampling), 4:2:2 with restart markers, grey.
     picture(41, 67).save(out("images", "portrait.jpg"), quality=92, subsampling=0)
+    picture(45, 31).save(out("images", "photo420.jpg"), quality=85, subsampling=2)
+    picture(37, 29).save(out("images", "photo422.jpg"), quality=75, subsampling=1, restart_marker_blocks=3)
+    picture(23, 19).convert("L").save(out("images", "gray.jpg"), quality=90)
+    decoded = {}
+    for name in JPEGS:
+        a = np.asarray(Image.open(out("images", name)).convert("RGB"))
+        decoded[name] = torch.from_numpy(a.copy())
+    os.makedirs(out("ref"), exist_ok=True)
+    save_file(decoded, out("ref", "jpeg_decoded.safetensors"))
 
 
 def expand2square(img, background):
@@ -161,7 +172,11 @@ def make_clip():
     CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ).save_pretrained(d)
-    clip_refs("clip_vision", CLIPVisionModel, [("png", "landscape.png"), ("jpg", "portrait.jpg")])
+    clip_refs(
+        "clip_vision",
+        CLIPVisionModel,
+        [("png", "landscape.png"), ("jpg", "portrait.jpg"), ("jpg420", "photo420.jpg")],
+    )
 
     torch.manual_seed(1)
     cfg = CLIPConfig(

@@ -15,3 +15,15 @@ pub const NAME: &str = if cfg!(feature = "cuda") {
 } else {
     "cpu-flex"
 };
+
+/// The device for a GPU ordinal (ignored on the CPU).
+#[cfg(not(feature = "cuda"))]
+pub fn device(_ordinal: usize) -> burn::tensor::Device<Compute> {
+    Default::default()
+}
+
+/// The device for a GPU ordinal.
+#[cfg(feature = "cuda")]
+pub fn device(ordinal: usize) -> burn::tensor::Device<Compute> {
+    burn::backend::cuda::CudaDevice::new(ordinal)
+}

@@ -13,6 +13,8 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod provenance;
+pub mod report;
 pub mod runs;
 pub mod stage;
 pub mod store;
+pub mod train;

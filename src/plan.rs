@@ -283,6 +283,11 @@ pub fn execute(
         ),
     );
     live.finish(state, error.clone())?;
+    // Every finished run (completed, failed or interrupted) gets its report; a report that
+    // cannot be drawn never changes the run's outcome.
+    if let Err(e) = crate::report::write_run_report(store, &p.run_id) {
+        store::log_line(&dir, &format!("report not written: {e:#}"));
+    }
     match result {
         Ok(()) => Ok(outcome(
             State::Completed,

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::metrics;
-use crate::store::{StageStatus, Store};
+use crate::store::{StageStatus, Status, Store};
 
 /// One run as listed: identity, state, and the last value of every metric.
 #[derive(Debug, Clone, Serialize)]
@@ -32,32 +32,50 @@ impl RunSummary {
 }
 
 pub fn summary(store: &Store, id: &str) -> Result<RunSummary> {
+    Ok(summary_and_rows(store, id)?.0)
+}
+
+/// The metric rows a run's results rest on: its own, plus, for each stage reused from
+/// another run, that stage's rows from the run that trained it (a reused stage's metrics
+/// live there). Unreadable metrics count as none.
+pub fn run_rows(store: &Store, id: &str, status: &Status) -> Vec<metrics::Row> {
+    let reused: BTreeMap<&str, &str> = status
+        .stages
+        .iter()
+        .filter(|(_, st)| st.run_id != id)
+        .map(|(name, st)| (name.as_str(), st.run_id.as_str()))
+        .collect();
+    let read =
+        |run: &str| metrics::read_rows(&store.run_dir(run).join("metrics")).unwrap_or_default();
+    // This run's rows of a reused stage (none normally) give way to the source's.
+    let mut rows: Vec<metrics::Row> = read(id)
+        .into_iter()
+        .filter(|r| !reused.contains_key(r.stage.as_str()))
+        .collect();
+    for (stage, src) in reused {
+        rows.extend(read(src).into_iter().filter(|r| r.stage == stage));
+    }
+    rows
+}
+
+/// [`summary`] together with the rows it was computed from (see [`run_rows`]), for
+/// callers that draw them, so they are read once.
+pub fn summary_and_rows(store: &Store, id: &str) -> Result<(RunSummary, Vec<metrics::Row>)> {
     let status = store.read_status(id)?;
     let exp = store.read_experiment(id).ok();
     let prov = store.read_provenance(id).ok();
-    let mut metrics = BTreeMap::new();
-    // A reused stage's metrics live in the run that trained it.
-    let mut sources = vec![(id.to_string(), None)];
-    for (name, st) in &status.stages {
-        if st.run_id != id {
-            sources.push((st.run_id.clone(), Some(name.clone())));
-        }
-    }
-    for (src, only_stage) in sources {
-        let rows = metrics::read_rows(&store.run_dir(&src).join("metrics")).unwrap_or_default();
-        for (stage, split, metric, _, value) in metrics::last_values(&rows) {
-            if only_stage.as_ref().is_none_or(|s| *s == stage) {
-                metrics.insert(format!("{stage}/{split}/{metric}"), value);
-            }
-        }
-    }
+    let rows = run_rows(store, id, &status);
+    let metrics: BTreeMap<String, f64> = metrics::last_values(&rows)
+        .into_iter()
+        .map(|(stage, split, metric, _, value)| (format!("{stage}/{split}/{metric}"), value))
+        .collect();
     let started = chrono::DateTime::parse_from_rfc3339(&status.started).ok();
     let age_s = started
         .map(|t| {
             (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3
         })
         .unwrap_or(f64::NAN);
-    Ok(RunSummary {
+    let summary = RunSummary {
         id: id.into(),
         name: exp.map(|e| e.name).unwrap_or_else(|| "?".into()),
         commit: prov
@@ -72,7 +90,8 @@ pub fn summary(store: &Store, id: &str) -> Result<RunSummary> {
         age_s,
         stages: status.stages.clone(),
         metrics,
-    })
+    };
+    Ok((summary, rows))
 }
 
 /// Every run, newest first.

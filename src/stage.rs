@@ -60,23 +60,7 @@ pub trait StageRunner {
 pub fn default_runner() -> Box<dyn StageRunner> {
     match std::env::var("HARNESS_STAGE_RUNNER").as_deref() {
         Ok("test") => Box::new(TestRunner::from_env()),
-        _ => Box::new(Unavailable),
-    }
-}
-
-/// Stands in for training until it exists in this build, and says so plainly.
-pub struct Unavailable;
-
-impl StageRunner for Unavailable {
-    fn name(&self) -> &'static str {
-        "train"
-    }
-    fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        bail!(
-            "stage {} training is not available yet in this build of harness \
-             (plan, store and metrics work; `--dry-run` shows what would run)",
-            ctx.stage
-        )
+        _ => Box::new(crate::train::Trainer),
     }
 }
 

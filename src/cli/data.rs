@@ -1,7 +1,7 @@
 //! `harness data check` and `harness data show`: what an experiment will train on, through
 //! the same library code training uses ([`crate::data::inspect`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
@@ -10,6 +10,7 @@ use crate::config::{self, Experiment, FeatureSelect};
 use crate::data::inspect::{self, DataSpec};
 use crate::data::sequence::ChatTemplate;
 use crate::data::SkipReason;
+use crate::train::data::backbone_dir;
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
@@ -27,11 +28,10 @@ pub struct Common {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// tokenizer.json to use instead of the LM checkpoint's (needed for `builtin:` LMs).
+    /// tokenizer.json to use instead of the LM checkpoint's.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Image tokens per image instead of the vision checkpoint's patch count (needed for
-    /// `builtin:` towers).
+    /// Image tokens per image instead of the vision checkpoint's patch count.
     #[arg(long)]
     pub image_tokens: Option<usize>,
 }
@@ -67,13 +67,7 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
     let exp = config::load(&c.config)?.exp;
     let tok_path = match &c.tokenizer {
         Some(p) => p.clone(),
-        None if exp.model.lm.starts_with("builtin:") => {
-            return Err(anyhow!(
-                "model.lm = {:?} has no tokenizer.json; pass --tokenizer",
-                exp.model.lm
-            ))
-        }
-        None => Path::new(&exp.model.lm).join("tokenizer.json"),
+        None => backbone_dir(&exp.model.lm)?.join("tokenizer.json"),
     };
     let tok = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
@@ -102,13 +96,8 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
 
 fn image_tokens(exp: &Experiment) -> anyhow::Result<usize> {
     let v = &exp.model.vision;
-    if v.starts_with("builtin:") {
-        return Err(anyhow!(
-            "model.vision = {v:?}: pass --image-tokens (the builtin tower's patch count)"
-        ));
-    }
-    let cfg = crate::model::clip::ClipVisionConfig::load(Path::new(v))
-        .with_context(|| format!("reading the vision config in {v}"))?;
+    let cfg = crate::model::clip::ClipVisionConfig::load(&backbone_dir(v)?)
+        .with_context(|| format!("reading the vision config of {v}"))?;
     Ok(cfg.num_patches() + usize::from(exp.model.feature_select == FeatureSelect::ClsPatch))
 }
 

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod compare;
 pub mod data;
 pub mod ls;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod show;
 pub mod synth;
@@ -48,6 +50,10 @@ pub enum Command {
     /// Inspect the data an experiment will train on.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Write a run's HTML report, or with no run the leaderboard of all runs.
+    Report(report::ReportArgs),
+    /// Compare runs on one HTML page: config diff, overlaid curves, metric deltas.
+    Compare(compare::CompareArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -62,5 +68,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Probe(c) => probe::probe(c),
         Command::Synth(a) => synth::synth(a),
         Command::Data(c) => data::data(c),
+        Command::Report(a) => report::report(&results, a),
+        Command::Compare(a) => compare::compare(&results, a),
     }
 }

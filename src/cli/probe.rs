@@ -13,6 +13,8 @@ pub enum ProbeCommand {
     Lm(LmArgs),
     /// Vision tower: `pixel_values` [3, H, W], `hidden_m2` and `hidden_m1` [tokens, d].
     Vision(VisionArgs),
+    /// NF4 quantizer (QLoRA): `deq`, the tensor quantized and dequantized (same shape).
+    Nf4(Nf4Args),
 }
 
 #[derive(Args, Debug)]
@@ -46,10 +48,35 @@ pub struct VisionArgs {
     pub out: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct Nf4Args {
+    /// Safetensors file holding the tensor (F32, F16 or BF16).
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    /// Name of the tensor in the file.
+    #[arg(long)]
+    pub tensor: String,
+    /// Also quantize the block scales (8-bit, block 256), like bitsandbytes'
+    /// `compress_statistics=True`.
+    #[arg(long)]
+    pub double_quant: bool,
+    /// How double quantization picks 8-bit codes: `nearest` (bitsandbytes on CUDA) or
+    /// `cpu-lut` (bitsandbytes >= 0.50 on the CPU, bit for bit).
+    #[arg(long, default_value = "nearest")]
+    pub dq_rounding: crate::model::nf4::DqRounding,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 pub fn probe(c: ProbeCommand) -> anyhow::Result<()> {
     let (out, tensors) = match c {
         ProbeCommand::Lm(a) => (a.out, probe::probe_lm(&a.model, &a.ids)?),
         ProbeCommand::Vision(a) => (a.out, probe::probe_vision(&a.model, &a.image)?),
+        ProbeCommand::Nf4(a) => (
+            a.out,
+            crate::model::nf4::probe_nf4(&a.input, &a.tensor, a.double_quant, a.dq_rounding)?,
+        ),
     };
     probe::write(&out, &tensors)?;
     for (name, shape, _) in &tensors {

@@ -9,7 +9,8 @@
 //! f16, memory-mapped when read) plus `shard-*.json` (its index). Every file is written to
 //! a temporary name, fsynced and renamed, the index after its data, so a killed build
 //! leaves only whole shards: the next build keeps them and does the rest. Shards are
-//! flushed every `shard_images` images or `flush_secs` seconds, bounding lost work.
+//! flushed every `shard_images` images, 256 MiB or `flush_secs` seconds, bounding lost
+//! work.
 //!
 //! Images are identified by content (sha256 of the file), so the same file reached
 //! through two roots (COCO `train2017/` for stage 1, Instruct150K's names for stage 2) or
@@ -400,7 +401,10 @@ impl FeatureCache {
                         break;
                     }
                     let (path, key) = &todo[i];
-                    if tx.send(decode(path, key.clone(), preprocess, known)).is_err() {
+                    if tx
+                        .send(decode(path, key.clone(), preprocess, known))
+                        .is_err()
+                    {
                         break;
                     }
                 });
@@ -446,7 +450,10 @@ impl FeatureCache {
     }
 }
 
-const _: () = assert!(cfg!(target_endian = "little"), "the feature cache is little-endian");
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "the feature cache is little-endian"
+);
 
 enum Decoded {
     /// Content already cached under another path: only the stat mapping is new.
@@ -503,15 +510,26 @@ fn extract_into(
     if pending.is_empty() {
         return Ok(());
     }
-    let (entries, pixels): (Vec<Entry>, Vec<Vec<f32>>) = std::mem::take(pending).into_iter().unzip();
-    let feats = extractor.extract(&pixels).context("running the image encoder")?;
+    let (entries, pixels): (Vec<Entry>, Vec<Vec<f32>>) =
+        std::mem::take(pending).into_iter().unzip();
+    let feats = extractor
+        .extract(&pixels)
+        .context("running the image encoder")?;
     report.extract_calls += 1;
     if feats.len() != entries.len() {
-        bail!("encoder returned {} outputs for {} images", feats.len(), entries.len());
+        bail!(
+            "encoder returned {} outputs for {} images",
+            feats.len(),
+            entries.len()
+        );
     }
     for (mut e, f) in entries.into_iter().zip(feats) {
         if f.len() != writer.row_len {
-            bail!("encoder returned {} values per image, expected {}", f.len(), writer.row_len);
+            bail!(
+                "encoder returned {} values per image, expected {}",
+                f.len(),
+                writer.row_len
+            );
         }
         let start = writer.data.len();
         writer.data.resize(start + f.len(), f16::ZERO);
@@ -523,6 +541,10 @@ fn extract_into(
     }
     Ok(())
 }
+
+/// A shard is also flushed at this size, so the write buffer stays small for big towers
+/// (L/14-336 rows are 1.2 MB: ~220 images per shard).
+const MAX_SHARD_BYTES: usize = 256 << 20;
 
 struct ShardWriter {
     dir: PathBuf,
@@ -553,6 +575,7 @@ impl ShardWriter {
 
     fn due(&self) -> bool {
         self.entries.len() >= self.shard_images
+            || self.data.len() * 2 >= MAX_SHARD_BYTES
             || (!self.entries.is_empty() && self.since.elapsed() >= self.flush_every)
     }
 

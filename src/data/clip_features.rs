@@ -45,7 +45,11 @@ pub fn weights_id(dir: &Path) -> anyhow::Result<String> {
         })
         .collect();
     files.sort();
-    ensure!(!files.is_empty(), "no config.json or safetensors in {}", dir.display());
+    ensure!(
+        !files.is_empty(),
+        "no config.json or safetensors in {}",
+        dir.display()
+    );
     let mut h = Sha256::new();
     for f in files {
         h.update(f.file_name().unwrap().as_encoded_bytes());
@@ -95,7 +99,11 @@ impl<B: Backend> FeatureExtractor for ClipExtractor<B> {
             .convert::<f32>()
             .to_vec()
             .map_err(|e| anyhow::anyhow!("reading features: {e:?}"))?;
-        ensure!(data.len() == n * row, "tower returned {} values", data.len());
+        ensure!(
+            data.len() == n * row,
+            "tower returned {} values",
+            data.len()
+        );
         Ok(data.chunks(row).map(|c| c.to_vec()).collect())
     }
 }

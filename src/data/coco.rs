@@ -127,10 +127,7 @@ pub fn load_captions(json: &Path, images: &ImageRoot) -> anyhow::Result<CaptionS
 
 /// Removes the samples whose image is in `bad` (found undecodable by a decode pass),
 /// counting each removed sample as [`SkipReason::UndecodableImage`].
-pub fn drop_undecodable(
-    set: &mut CaptionSet,
-    bad: &std::collections::HashSet<PathBuf>,
-) -> usize {
+pub fn drop_undecodable(set: &mut CaptionSet, bad: &std::collections::HashSet<PathBuf>) -> usize {
     let before = set.samples.len();
     let skips = &mut set.skips;
     set.samples.retain(|s| {

@@ -55,7 +55,9 @@ impl ImageRoot {
             return Err(SkipReason::MissingImage);
         }
         // A dangling symlink fails here: it is as good as missing.
-        let real = joined.canonicalize().map_err(|_| SkipReason::MissingImage)?;
+        let real = joined
+            .canonicalize()
+            .map_err(|_| SkipReason::MissingImage)?;
         if !real.starts_with(&self.root) {
             return Err(SkipReason::UnsafePath);
         }
@@ -128,6 +130,9 @@ mod tests {
     #[test]
     fn par_map_keeps_order() {
         let v: Vec<usize> = (0..1000).collect();
-        assert_eq!(par_map(&v, 3, |x| x * 2), v.iter().map(|x| x * 2).collect::<Vec<_>>());
+        assert_eq!(
+            par_map(&v, 3, |x| x * 2),
+            v.iter().map(|x| x * 2).collect::<Vec<_>>()
+        );
     }
 }

@@ -64,10 +64,27 @@ pub fn caption_paths(coco_root: &Path, split: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Decodes every distinct image once (in parallel) and returns the ones that fail.
+/// Decodes every distinct image once (in parallel, with a progress bar on a terminal) and
+/// returns the ones that fail.
 pub fn undecodable(paths: impl IntoIterator<Item = PathBuf>) -> HashSet<PathBuf> {
-    let distinct: Vec<PathBuf> = paths.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
-    let ok = par_map(&distinct, 0, |p| load_rgb(p).is_ok());
+    let distinct: Vec<PathBuf> = paths
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // indicatif hides itself when stderr is not a terminal (tests, CI logs).
+    let bar = indicatif::ProgressBar::new(distinct.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "decoding images {bar:30} {pos}/{len} {per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let ok = par_map(&distinct, 0, |p| {
+        let ok = load_rgb(p).is_ok();
+        bar.inc(1);
+        ok
+    });
+    bar.finish_and_clear();
     distinct
         .into_iter()
         .zip(ok)
@@ -165,7 +182,10 @@ fn summarize(
         .map(|(i, &lo)| (lo, LENGTH_BUCKETS.get(i + 1).copied().unwrap_or(0), 0))
         .collect();
     for s in seqs {
-        let b = LENGTH_BUCKETS.iter().rposition(|&lo| s.len() >= lo).unwrap_or(0);
+        let b = LENGTH_BUCKETS
+            .iter()
+            .rposition(|&lo| s.len() >= lo)
+            .unwrap_or(0);
         hist[b].2 += 1;
     }
     let total: usize = seqs.iter().map(|s| s.len()).sum();
@@ -202,12 +222,18 @@ pub fn check(spec: &DataSpec, tok: &dyn TextCodec, decode: bool) -> anyhow::Resu
         if !caption_paths(&spec.coco_root, split).0.exists() {
             continue;
         }
-        let (samples, skips) = stage1_samples(spec, split, decode)
-            .with_context(|| format!("stage 1 {split}"))?;
-        let (seqs, seq_skips, tr) =
-            b.build_all(&samples, |b, s| b.caption(s), |s| s.id.clone());
+        let (samples, skips) =
+            stage1_samples(spec, split, decode).with_context(|| format!("stage 1 {split}"))?;
+        let (seqs, seq_skips, tr) = b.build_all(&samples, |b, s| b.caption(s), |s| s.id.clone());
         let images = distinct_images(seqs.iter().filter_map(|s| s.image.as_ref()));
-        splits.push(summarize(&format!("stage1/{split}"), &seqs, images, skips, seq_skips, tr));
+        splits.push(summarize(
+            &format!("stage1/{split}"),
+            &seqs,
+            images,
+            skips,
+            seq_skips,
+            tr,
+        ));
     }
     if spec.instruct_json.exists() {
         let (train, val, skips) = stage2_samples(spec, decode).context("stage 2")?;

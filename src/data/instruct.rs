@@ -186,5 +186,7 @@ pub fn holdout(samples: Vec<Conversation>, n_val: usize) -> (Vec<Conversation>, 
         taken += n;
         val_keys.insert(k);
     }
-    samples.into_iter().partition(|c| !val_keys.contains(&key(c)))
+    samples
+        .into_iter()
+        .partition(|c| !val_keys.contains(&key(c)))
 }

@@ -213,14 +213,10 @@ impl<'a> SequenceBuilder<'a> {
         if text.is_empty() {
             return Vec::new();
         }
-        // Prompt pieces never contain special tokens from user data on purpose, but
-        // `<|endoftext|>` inside a caption would still map to its id: that is what HF does.
-        match self.tok.encode(text) {
-            Ok(ids) => ids,
-            // Encoding plain text does not fail with a BPE model; if it ever does, an empty
-            // piece is safer than a crash mid-epoch (the sample then has fewer targets).
-            Err(_) => Vec::new(),
-        }
+        // `<|endoftext|>` written inside a caption still maps to its id, as in HF.
+        // Encoding plain text does not fail with a BPE model; if it ever does, an empty
+        // piece is safer than a crash mid-epoch (the sample then has fewer targets).
+        self.tok.encode(text).unwrap_or_default()
     }
 
     fn push(&self, d: &mut Draft, ids: &[u32], learn: bool) {

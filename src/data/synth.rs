@@ -244,7 +244,11 @@ pub fn captions(sc: &Scene) -> Vec<String> {
     let noun = if n == 1 { "shape" } else { "shapes" };
     vec![
         format!("{} on a {bg} background.", capitalize(&list(&sized))),
-        format!("{} {noun} on {bg}: {}.", capitalize(NUMBER_WORDS[n]), list(&plain)),
+        format!(
+            "{} {noun} on {bg}: {}.",
+            capitalize(NUMBER_WORDS[n]),
+            list(&plain)
+        ),
         format!("An image showing {}.", list(&placed)),
         format!("A {bg} picture with {}.", list(&plain)),
         format!(
@@ -267,7 +271,11 @@ fn where_phrase(cell: usize) -> String {
 
 /// "a red circle", "an orange square".
 fn a(phrase: &str) -> String {
-    let article = if phrase.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    let article = if phrase.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
     format!("{article} {phrase}")
 }
 
@@ -325,14 +333,20 @@ pub fn questions(sc: &Scene, rng: &mut Rng) -> Vec<Qa> {
         // Colours are distinct within a scene, so the colour always names one shape.
         out.push(qa(
             "shape",
-            rng.pick(&["What shape is the {c} object?", "What is the shape of the {c} object?"])
-                .replace("{c}", s.color_name()),
+            rng.pick(&[
+                "What shape is the {c} object?",
+                "What is the shape of the {c} object?",
+            ])
+            .replace("{c}", s.color_name()),
             s.kind.name().to_string(),
         ));
         out.push(qa(
             "position",
-            rng.pick(&["Where is the {s}?", "In which part of the image is the {s}?"])
-                .replace("{s}", &s.label()),
+            rng.pick(&[
+                "Where is the {s}?",
+                "In which part of the image is the {s}?",
+            ])
+            .replace("{s}", &s.label()),
             POSITIONS[s.cell].to_string(),
         ));
         out.push(qa(
@@ -353,7 +367,10 @@ pub fn questions(sc: &Scene, rng: &mut Rng) -> Vec<Qa> {
         if !sc.shapes.iter().any(|s| s.color == c && s.kind == k) {
             out.push(qa(
                 "exists",
-                format!("Is there {} in the image?", a(&format!("{} {}", COLORS[c].0, k.name()))),
+                format!(
+                    "Is there {} in the image?",
+                    a(&format!("{} {}", COLORS[c].0, k.name()))
+                ),
                 "no".into(),
             ));
             break;
@@ -503,7 +520,8 @@ pub fn generate(out: &Path, o: &SynthOptions) -> anyhow::Result<SynthSummary> {
             "annotations": anns,
         });
         fs::write(
-            out.join("annotations").join(format!("captions_{split}2017.json")),
+            out.join("annotations")
+                .join(format!("captions_{split}2017.json")),
             serde_json::to_vec(&coco)?,
         )?;
         let instruct = if split == "train" {

@@ -97,6 +97,17 @@ impl Checkpoint {
         } else {
             return Err(LoadError::MissingFile(single));
         };
+        Self::from_files(dir, files)
+    }
+
+    /// Opens one safetensors file (e.g. an exported projector or a test fixture).
+    pub fn open_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref().to_path_buf();
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_files(dir, vec![path])
+    }
+
+    fn from_files(dir: PathBuf, files: Vec<PathBuf>) -> Result<Self, LoadError> {
         let mut shards = Vec::new();
         let mut index = HashMap::new();
         for path in files {
@@ -326,6 +337,7 @@ pub fn read_all_f32(path: &Path) -> anyhow::Result<F32Tensors> {
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            Dtype::U8 => b.iter().map(|&x| x as f32).collect(),
             other => anyhow::bail!(
                 "{}: tensor {name} has unsupported dtype {other:?}",
                 path.display()

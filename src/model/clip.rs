@@ -1,6 +1,6 @@
 //! The CLIP vision tower with Hugging Face `CLIPVisionModel` semantics.
 //!
-//! patch conv (no bias) -> [CLS] + patches -> + learned positions -> `pre_layrnorm` ->
+//! patch conv (no bias) -> `[CLS]` + patches -> + learned positions -> `pre_layrnorm` ->
 //! pre-LN encoder layers. `hidden_states[0]` is the output of `pre_layrnorm`, `[i]` the output
 //! of layer i; `post_layernorm` only applies to the pooled CLS token (as in HF).
 
@@ -54,32 +54,54 @@ impl ClipVisionConfig {
 
     pub fn from_hf_json(json: &Value) -> anyhow::Result<Self> {
         let v = json.get("vision_config").unwrap_or(json);
-        let get = |k: &str| -> anyhow::Result<usize> {
-            v.get(k)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .with_context(|| format!("missing or non-integer `{k}` in the vision config"))
+        // A key may be missing when it equals transformers' default (configs are saved as a
+        // diff against CLIPVisionConfig's defaults), so missing keys take those defaults.
+        let int = |k: &str, d: usize| -> anyhow::Result<usize> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(x) => x
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .with_context(|| format!("`{k}` must be a non-negative integer, got {x}")),
+            }
         };
-        // transformers' CLIPVisionConfig defaults, for keys a saved config may omit.
-        let opt = |k: &str, d: usize| v.get(k).and_then(Value::as_u64).map_or(d, |x| x as usize);
         let act = v
             .get("hidden_act")
             .and_then(Value::as_str)
             .unwrap_or("quick_gelu");
-        Ok(Self {
-            hidden_size: get("hidden_size")?,
-            intermediate_size: get("intermediate_size")?,
-            num_hidden_layers: get("num_hidden_layers")?,
-            num_attention_heads: get("num_attention_heads")?,
-            image_size: opt("image_size", 224),
-            patch_size: get("patch_size")?,
-            num_channels: opt("num_channels", 3),
+        Self {
+            hidden_size: int("hidden_size", 768)?,
+            intermediate_size: int("intermediate_size", 3072)?,
+            num_hidden_layers: int("num_hidden_layers", 12)?,
+            num_attention_heads: int("num_attention_heads", 12)?,
+            image_size: int("image_size", 224)?,
+            patch_size: int("patch_size", 32)?,
+            num_channels: int("num_channels", 3)?,
             layer_norm_eps: v
                 .get("layer_norm_eps")
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-5),
             hidden_act: Activation::from_hf(act)?,
-        })
+        }
+        .validate()
+    }
+
+    /// The shapes must divide evenly (heads into width, patches into the image).
+    fn validate(self) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
+            "hidden_size {} is not a multiple of num_attention_heads {}",
+            self.hidden_size,
+            self.num_attention_heads
+        );
+        anyhow::ensure!(
+            self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),
+            "image_size {} is not a multiple of patch_size {}",
+            self.image_size,
+            self.patch_size
+        );
+        Ok(self)
     }
 
     pub fn num_patches(&self) -> usize {
@@ -244,6 +266,8 @@ impl<B: Backend> ClipVision<B> {
 
     /// HF `hidden_states[0]`: embeddings after `pre_layrnorm`. `pixels`: `[batch, 3, H, W]`.
     pub fn embed(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        // Pixels arrive as f32; the weights may be bf16 (GPU runs).
+        let pixels = pixels.cast(self.class_embedding.val().dtype());
         let patches = self.patch_embedding.forward(pixels); // [b, d, gh, gw]
         let [b, d, gh, gw] = patches.dims();
         let patches = patches.reshape([b, d, gh * gw]).swap_dims(1, 2);
@@ -299,5 +323,31 @@ impl<B: Backend> ClipVision<B> {
         let [b, _, d] = h.dims();
         self.post_layernorm
             .forward(h.slice([0..b, 0..1, 0..d]).reshape([b, d]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_variants_give_the_design_numbers() {
+        // vision_config of openai/clip-vit-large-patch14-336 (full CLIPModel form).
+        let l14: Value = serde_json::json!({"model_type": "clip", "vision_config": {
+            "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+            "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14,
+            "projection_dim": 768}});
+        let c = ClipVisionConfig::from_hf_json(&l14).unwrap();
+        assert_eq!((c.num_patches(), c.hidden_size), (576, 1024));
+        assert_eq!(c.hidden_act, Activation::QuickGelu);
+        // B/16 saved as a diff against the defaults (B/32 numbers): only the patch differs.
+        let b16 = serde_json::json!({"vision_config": {"patch_size": 16}});
+        let c = ClipVisionConfig::from_hf_json(&b16).unwrap();
+        assert_eq!(
+            (c.num_patches(), c.hidden_size, c.num_hidden_layers),
+            (196, 768, 12)
+        );
+        let bad = serde_json::json!({"hidden_size": 100, "num_attention_heads": 12});
+        assert!(ClipVisionConfig::from_hf_json(&bad).is_err());
     }
 }

@@ -7,14 +7,38 @@
 //!
 //! - [`clip`], `CLIPVisionModel` (hidden states, LLaVA feature selection)
 //! - [`preprocess`], `CLIPImageProcessor` (PIL bicubic resize, crop, normalize, pad-to-square)
+//! - [`jpeg`], JPEG decoding bit-exact with libjpeg-turbo (what PIL uses)
 //! - [`phi`], `PhiForCausalLM` (partial rotary, parallel block, KV cache)
 //! - [`projector`], vision features to LM embeddings (residual MLP or `mlp2x_gelu`)
 //! - [`vlm`], splices image features into token embeddings
 //! - [`tokenizer`], `tokenizer.json` with the LM's special ids
 //! - [`probe`], the library side of `harness probe`
+//! - [`nf4`], NF4 quantization (bitsandbytes numerics); [`lora`], LoRA / QLoRA linears
+//!
+//! How they fit (the names a training loop calls):
+//!
+//! ```text
+//! let (tower, vcfg) = clip::ClipVision::<B>::from_dir(clip_dir, &dev)?;   // frozen
+//! let pcfg = preprocess::PreprocessConfig::load(clip_dir)?;               // + pad_to_square
+//! let px = preprocess::preprocess(&preprocess::load_image(path)?, &pcfg); // [3, H, W] f32
+//! let feats = tower.features(pixels, &clip::FeatureSelect::new());        // [b, patches, dv]
+//! let (lm, lcfg) = phi::Phi::<B>::from_dir(phi_dir, &dev)?;               // any dtype file
+//! let proj = projector::ProjectorConfig::new(vcfg.hidden_size, lcfg.hidden_size)
+//!     .with_depth(2).init::<B>(&dev);
+//! // batch with expanded image slots (data::batch::LlavaBatch):
+//! let logits = vlm::llava_logits(&lm, &proj, ids, mask, feats, &image_start); // [b, L, V]
+//! // or splice at IMAGE_TOKEN markers: vlm::splice(..) then lm.forward_embeds(..)
+//! // generation: lm.generate_greedy(prompt_embeds, max_new, tokenizer.eos_id)
+//! ```
+//!
+//! Compute dtype: tensors are created in the device's default float dtype, or in the dtype
+//! given to [`checkpoint::Checkpoint::with_dtype`] (bf16 on GPU); f16/bf16/f32 files all load.
 
 pub mod checkpoint;
 pub mod clip;
+pub mod jpeg;
+pub mod lora;
+pub mod nf4;
 pub mod phi;
 pub mod preprocess;
 pub mod probe;
@@ -72,5 +96,12 @@ pub(crate) fn attention<B: Backend>(
         let mask = mask.expand(scores.dims());
         scores = scores.mask_fill(mask, -1.0e30);
     }
-    activation::softmax(scores, 3).matmul(v)
+    // Softmax in f32 as HF does (`softmax(..., dtype=float32)`), whatever the compute dtype.
+    let dtype = scores.dtype();
+    let probs = if dtype == burn::tensor::DType::F32 {
+        activation::softmax(scores, 3)
+    } else {
+        activation::softmax(scores.cast(burn::tensor::DType::F32), 3).cast(dtype)
+    };
+    probs.matmul(v)
 }

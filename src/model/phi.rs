@@ -199,7 +199,13 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    fn new(rotary_dim: usize, theta: f64, start: usize, len: usize, device: &B::Device) -> Self {
+    fn new(
+        rotary_dim: usize,
+        theta: f64,
+        (start, len): (usize, usize),
+        device: &B::Device,
+        dtype: burn::tensor::DType,
+    ) -> Self {
         // f32 like HF: inv_freq = 1 / theta^(2i/dim), angles = pos * inv_freq, duplicated.
         let half = rotary_dim / 2;
         let inv: Vec<f32> = (0..half)
@@ -214,8 +220,9 @@ impl<B: Backend> Rope<B> {
                 sin.push(a.sin());
             }
         }
+        // Computed in f32 like HF, then stored in the model's dtype (bf16 on GPU).
         let t = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, rotary_dim]), device)
+            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, rotary_dim]), (device, dtype))
         };
         Self {
             cos: t(cos),
@@ -376,7 +383,13 @@ impl<B: Backend> Phi<B> {
         let [b, t, _] = embeds.dims();
         let device = embeds.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let rope = Rope::new(self.rotary_dim, self.rope_theta, past, t, &device);
+        let rope = Rope::new(
+            self.rotary_dim,
+            self.rope_theta,
+            (past, t),
+            &device,
+            embeds.dtype(),
+        );
         let mask = attention_mask(b, t, past, mask, &device);
         let mut x = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -384,6 +397,38 @@ impl<B: Backend> Phi<B> {
             x = layer.forward(x, &rope, mask.clone(), slot);
         }
         self.lm_head.forward(self.final_layernorm.forward(x))
+    }
+}
+
+impl<B: Backend> Phi<B> {
+    /// Greedy decoding for one sequence from its prompt embeddings `[1, tokens, d]` (image
+    /// features already spliced in): the KV cache makes each new token one short forward
+    /// pass. Returns the generated ids (prompt excluded), stopping after `eos` (included) or
+    /// `max_new` tokens.
+    pub fn generate_greedy(
+        &self,
+        prompt: Tensor<B, 3>,
+        max_new: usize,
+        eos: Option<u32>,
+    ) -> Vec<u32> {
+        assert_eq!(prompt.dims()[0], 1, "generate_greedy takes one sequence");
+        let device = prompt.device();
+        let mut cache = KvCache::new(self.layers.len());
+        let mut out = Vec::new();
+        let mut logits = self.forward_embeds(prompt, None, Some(&mut cache));
+        while out.len() < max_new {
+            let [_, t, v] = logits.dims();
+            let last = logits.slice([0..1, t - 1..t, 0..v]).reshape([v]);
+            let next = last.argmax(0).into_scalar().elem::<i64>() as u32;
+            out.push(next);
+            if Some(next) == eos || out.len() == max_new {
+                break;
+            }
+            let ids =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i64], [1, 1]), &device);
+            logits = self.forward_embeds(self.embed(ids), None, Some(&mut cache));
+        }
+        out
     }
 }
 
@@ -413,5 +458,42 @@ fn attention_mask<B: Backend>(
             let pad = keep.bool_not().reshape([b, 1, 1, s]).expand([b, 1, t, s]);
             Some(causal.expand([b, 1, t, s]).bool_or(pad))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of microsoft/phi-2's config.json that matter here (top-level rope form).
+    const PHI2: &str = r#"{"architectures": ["PhiForCausalLM"], "bos_token_id": 50256,
+        "eos_token_id": 50256, "hidden_act": "gelu_new", "hidden_size": 2560,
+        "intermediate_size": 10240, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+        "model_type": "phi", "num_attention_heads": 32, "num_hidden_layers": 32,
+        "num_key_value_heads": 32, "partial_rotary_factor": 0.4, "qk_layernorm": false,
+        "rope_scaling": null, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "torch_dtype": "float16", "vocab_size": 51200}"#;
+
+    #[test]
+    fn phi2_config_gives_the_design_numbers() {
+        let c = PhiConfig::from_hf_json(&serde_json::from_str(PHI2).unwrap()).unwrap();
+        assert_eq!((c.head_dim(), c.rotary_dim()), (80, 32));
+        assert_eq!(
+            (c.hidden_size, c.intermediate_size, c.num_hidden_layers),
+            (2560, 10240, 32)
+        );
+        assert_eq!((c.eos_token_id, c.pad_token_id), (Some(50256), None));
+        assert_eq!(c.hidden_act, Activation::GeluTanh);
+        // The same numbers from the `rope_parameters` form.
+        let mut v: Value = serde_json::from_str(PHI2).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.remove("partial_rotary_factor");
+        o.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.4}),
+        );
+        assert_eq!(PhiConfig::from_hf_json(&v).unwrap(), c);
     }
 }

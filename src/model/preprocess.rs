@@ -146,7 +146,8 @@ impl PreprocessConfig {
         Ok(c)
     }
 
-    /// Final `(height, width)` of the pixel tensor.
+    /// Final `(height, width)` of the pixel tensor when the config center-crops; without a
+    /// crop it depends on the image (see [`preprocess_sized`]).
     pub fn output_size(&self) -> (usize, usize) {
         if self.do_center_crop {
             self.crop
@@ -159,15 +160,34 @@ impl PreprocessConfig {
     }
 }
 
-/// Decodes an image file (PNG, JPEG) to RGB, as PIL's `.convert("RGB")` would.
+/// Decodes an image file (PNG, JPEG) to RGB, as PIL's `Image.open(p).convert("RGB")` does.
+/// Baseline JPEGs go through [`super::jpeg`] (bit-exact with PIL's libjpeg-turbo); other
+/// JPEGs (progressive, ...) and other formats through the `image` crate, whose JPEG output
+/// can differ from PIL's by a level or two on some pixels.
 pub fn load_image(path: &Path) -> anyhow::Result<RgbImage> {
-    Ok(image::open(path)
-        .with_context(|| format!("decoding image {}", path.display()))?
-        .to_rgb8())
+    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+    decode_image(&bytes).with_context(|| format!("decoding image {}", path.display()))
+}
+
+/// [`load_image`] on bytes in memory.
+pub fn decode_image(bytes: &[u8]) -> anyhow::Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        if let Ok(img) = super::jpeg::decode_rgb(bytes) {
+            return Ok(img);
+        }
+    }
+    Ok(image::load_from_memory(bytes)?.to_rgb8())
 }
 
 /// The whole pipeline: `[3, H, W]` float32 values (channel-major), as HF's `pixel_values[0]`.
+/// `H, W` is [`PreprocessConfig::output_size`] whenever the config center-crops (all CLIP
+/// checkpoints do); [`preprocess_sized`] also returns it.
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
+    preprocess_sized(img, cfg).0
+}
+
+/// [`preprocess`], also returning the output `(height, width)`.
+pub fn preprocess_sized(img: &RgbImage, cfg: &PreprocessConfig) -> (Vec<f32>, (usize, usize)) {
     let mut img = if cfg.pad_to_square {
         pad_to_square(img, &cfg.mean)
     } else {
@@ -184,7 +204,8 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     if cfg.do_center_crop {
         img = center_crop(&img, cfg.crop.0, cfg.crop.1);
     }
-    to_pixel_values(&img, cfg)
+    let size = (img.height() as usize, img.width() as usize);
+    (to_pixel_values(&img, cfg), size)
 }
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use super::checkpoint::write_f32_safetensors;
 use super::clip::ClipVision;
 use super::phi::Phi;
-use super::preprocess::{load_image, preprocess, PreprocessConfig};
+use super::preprocess::{load_image, preprocess_sized, PreprocessConfig};
 use crate::backend::Compute;
 
 /// A named float32 tensor: (name, shape, values).
@@ -49,8 +49,7 @@ pub fn probe_vision(model_dir: &Path, image: &Path) -> anyhow::Result<Vec<Named>
     let pcfg = PreprocessConfig::load(model_dir)?;
     let (tower, _) = ClipVision::<Compute>::from_dir(model_dir, &device)?;
     let img = load_image(image)?;
-    let (h, w) = pcfg.output_size();
-    let px = preprocess(&img, &pcfg);
+    let (px, (h, w)) = preprocess_sized(&img, &pcfg);
     let pixels =
         Tensor::<Compute, 4>::from_data(TensorData::new(px.clone(), [1, 3, h, w]), &device);
     let hs = tower.hidden_states(pixels);

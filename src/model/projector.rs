@@ -99,6 +99,33 @@ impl<B: Backend> Projector<B> {
     }
 }
 
+impl<B: Backend> Projector<B> {
+    /// Loads projector weights saved in PyTorch layout under `prefix`: `input`,
+    /// `blocks.{i}.{norm,w1,w2}`, `output` (the names the harness exports and its reference
+    /// scripts use).
+    pub fn load(
+        ckpt: &super::checkpoint::Checkpoint,
+        prefix: &str,
+        cfg: &ProjectorConfig,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        let (dv, d) = (cfg.d_vision, cfg.d_lm);
+        let hidden = cfg.block_hidden.unwrap_or(d);
+        let mut p = cfg.init::<B>(device);
+        p.input = ckpt.linear(&format!("{prefix}.input"), dv, d, true, device)?;
+        for (i, b) in p.blocks.iter_mut().enumerate() {
+            let k = format!("{prefix}.blocks.{i}");
+            b.norm = ckpt.layer_norm(&format!("{k}.norm"), d, cfg.layer_norm_eps, device)?;
+            b.w1 = ckpt.linear(&format!("{k}.w1"), d, hidden, true, device)?;
+            b.w2 = ckpt.linear(&format!("{k}.w2"), hidden, d, true, device)?;
+        }
+        if p.output.is_some() {
+            p.output = Some(ckpt.linear(&format!("{prefix}.output"), d, d, true, device)?);
+        }
+        Ok(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

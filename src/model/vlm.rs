@@ -28,6 +28,7 @@ pub enum Source {
     Pad,
 }
 
+/// The output of [`splice`].
 pub struct Spliced<B: Backend> {
     /// `[batch, len, d_lm]`, for [`Phi::forward_embeds`].
     pub embeds: Tensor<B, 3>,
@@ -64,7 +65,8 @@ pub fn splice<B: Backend>(
         .unwrap_or(0);
 
     // One embedding lookup for the whole batch: markers and padding read the pad embedding.
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    // The extra last column is always the pad token, so its embedding is at [0, width - 1].
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0) + 1;
     let ids: Vec<i64> = rows
         .iter()
         .flat_map(|r| {
@@ -78,7 +80,10 @@ pub fn splice<B: Backend>(
         .collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), width]), &device);
     let tokens = lm.embed(ids);
-    let pad = tokens.clone().slice([0..1, 0..1, 0..d]).reshape([1, d]);
+    let pad = tokens
+        .clone()
+        .slice([0..1, width - 1..width, 0..d])
+        .reshape([1, d]);
 
     let mut next_image = 0;
     let mut out_rows = Vec::with_capacity(rows.len());
@@ -125,10 +130,65 @@ pub fn splice<B: Backend>(
         out_rows.push(Tensor::cat(parts, 0).unsqueeze_dim::<3>(0));
         sources.push(src);
     }
-    let _ = n_images;
     Spliced {
         embeds: Tensor::cat(out_rows, 0),
         mask: Tensor::from_data(TensorData::new(mask, [rows.len(), len]), &device),
         sources,
     }
+}
+
+/// The other layout (the data pipeline's `LlavaBatch`): image slots are already expanded in
+/// the ids (`patches` positions holding the pad id, starting at `image_start[row]`), so the
+/// token embeddings have the right length and the slots are overwritten in place.
+///
+/// `embeds`: `[batch, len, d]` token embeddings; `images`: `[batch, patches, d]` projected
+/// features (rows without an image are ignored). Differentiable w.r.t. both.
+pub fn fill_image_slots<B: Backend>(
+    embeds: Tensor<B, 3>,
+    images: Tensor<B, 3>,
+    image_start: &[Option<usize>],
+) -> Tensor<B, 3> {
+    let [b, len, d] = embeds.dims();
+    let [bi, patches, di] = images.dims();
+    assert_eq!(
+        (b, d),
+        (bi, di),
+        "embeddings [{b}, _, {d}] vs images [{bi}, _, {di}]"
+    );
+    assert_eq!(image_start.len(), b, "one image_start per row");
+    let mut out = embeds;
+    for (r, start) in image_start.iter().enumerate() {
+        if let Some(s) = *start {
+            assert!(
+                s + patches <= len,
+                "row {r}: image slot {s}..{} past length {len}",
+                s + patches
+            );
+            let img = images.clone().slice([r..r + 1, 0..patches, 0..d]);
+            out = out.slice_assign([r..r + 1, s..s + patches, 0..d], img);
+        }
+    }
+    out
+}
+
+/// HF-style `attention_mask` (`1` real, `0` padding) as the bool mask [`Phi`] takes.
+pub fn mask_from_int<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, Bool> {
+    mask.equal_elem(1)
+}
+
+/// LLaVA's forward pass on the data pipeline's batch layout: token embeddings, projected
+/// image features written into the image slots, then the LM. Returns logits `[batch, len,
+/// vocab]`. `image_features` are the vision tower's (`[batch, patches, d_vision]`).
+pub fn llava_logits<B: Backend>(
+    lm: &Phi<B>,
+    projector: &super::projector::Projector<B>,
+    input_ids: Tensor<B, 2, Int>,
+    attention_mask: Tensor<B, 2, Int>,
+    image_features: Tensor<B, 3>,
+    image_start: &[Option<usize>],
+) -> Tensor<B, 3> {
+    let embeds = lm.embed(input_ids);
+    let images = projector.forward(image_features);
+    let embeds = fill_image_slots(embeds, images, image_start);
+    lm.forward_embeds(embeds, Some(mask_from_int(attention_mask)), None)
 }

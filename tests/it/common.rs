@@ -25,3 +25,19 @@ pub fn harness(cwd: &Path, results: &Path) -> Command {
         .env_remove("HARNESS_HEARTBEAT_TIMEOUT");
     c
 }
+
+/// The harness binary with the real trainer, its feature cache in `cache`.
+pub fn harness_train(cwd: &Path, results: &Path, cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+    c.current_dir(cwd)
+        .env("HARNESS_RESULTS", results)
+        .env("HARNESS_CACHE", cache)
+        .env_remove("HARNESS_STAGE_RUNNER")
+        .env_remove("HARNESS_HEARTBEAT_TIMEOUT");
+    c
+}
+
+/// A path in the repository (tests run with the crate root as working folder).
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

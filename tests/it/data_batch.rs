@@ -8,7 +8,9 @@ fn seq(id: &str, len: usize, image_start: Option<usize>) -> Sequence {
     Sequence {
         id: id.into(),
         input_ids: (0..len as u32).map(|i| 10 + i).collect(),
-        labels: (0..len as i64).map(|i| if i % 2 == 0 { IGNORE } else { 10 + i }).collect(),
+        labels: (0..len as i64)
+            .map(|i| if i % 2 == 0 { IGNORE } else { 10 + i })
+            .collect(),
         image_start,
         image_tokens: if image_start.is_some() { 2 } else { 0 },
         truncated: 0,
@@ -42,7 +44,12 @@ fn batches_are_right_padded_with_masks_and_features() {
     let labels: Vec<i64> = out.labels.to_data().convert::<i64>().to_vec().unwrap();
     let m = IGNORE;
     assert_eq!(labels, [m, 11, m, 13, m, m, m, m, m, 11, m, m, m, m, m, m]);
-    let mask: Vec<i64> = out.attention_mask.to_data().convert::<i64>().to_vec().unwrap();
+    let mask: Vec<i64> = out
+        .attention_mask
+        .to_data()
+        .convert::<i64>()
+        .to_vec()
+        .unwrap();
     assert_eq!(mask, [1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]);
     assert_eq!(out.image_features.dims(), [2, 2, 3]);
     let f: Vec<f32> = out.image_features.to_data().to_vec().unwrap();
@@ -89,5 +96,8 @@ fn grouping_by_length_cuts_padding() {
     let real: usize = l.iter().sum();
     // Random lengths in 20..420: plain batches pad to near the max; grouped nearly none.
     assert!(grouped < plain, "{grouped} vs {plain}");
-    assert!((grouped - real) * 5 < plain - real, "{grouped} {plain} {real}");
+    assert!(
+        (grouped - real) * 5 < plain - real,
+        "{grouped} {plain} {real}"
+    );
 }

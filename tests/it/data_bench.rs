@@ -56,17 +56,52 @@ fn data_bench() {
 
     let world = base.join("synth224");
     let t = Instant::now();
-    generate(&world, &SynthOptions { images: n, ..SynthOptions::default() }).unwrap();
+    generate(
+        &world,
+        &SynthOptions {
+            images: n,
+            ..SynthOptions::default()
+        },
+    )
+    .unwrap();
     let s = t.elapsed().as_secs_f64();
-    println!("synth: {n} images at 224 px in {s:.2}s ({:.0} images/s)", n as f64 / s);
+    println!(
+        "synth: {n} images at 224 px in {s:.2}s ({:.0} images/s)",
+        n as f64 / s
+    );
+
+    let t = Instant::now();
+    let root = harness::data::images::ImageRoot::new(&world.join("train2017")).unwrap();
+    let caps = harness::data::coco::load_captions(
+        &world.join("annotations/captions_train2017.json"),
+        &root,
+    )
+    .unwrap();
+    let convs =
+        harness::data::instruct::load_instruct(&world.join("llava_instruct_150k.json"), &root)
+            .unwrap();
+    let s = t.elapsed().as_secs_f64();
+    let recs = caps.samples.len() + convs.samples.len();
+    println!("loaders: {recs} caption + conversation records (paths resolved) in {s:.3}s ({:.0} records/s)", recs as f64 / s);
 
     // COCO-sized JPEGs (COCO is ~640x480): 640 px squares from the same generator.
     let big = base.join("synth640");
     let nb = (n / 4).max(50);
-    generate(&big, &SynthOptions { images: nb, size: 640, val_fraction: 0.0, ..SynthOptions::default() })
-        .unwrap();
+    generate(
+        &big,
+        &SynthOptions {
+            images: nb,
+            size: 640,
+            val_fraction: 0.0,
+            ..SynthOptions::default()
+        },
+    )
+    .unwrap();
     let cfg224 = PreprocessConfig::default();
-    for (name, dir, count) in [("224 px", world.join("train2017"), n), ("640 px", big.join("train2017"), nb)] {
+    for (name, dir, count) in [
+        ("224 px", world.join("train2017"), n),
+        ("640 px", big.join("train2017"), nb),
+    ] {
         let files = images_in(&dir);
         let t = Instant::now();
         for f in &files {
@@ -74,7 +109,9 @@ fn data_bench() {
         }
         let one = files.len() as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
-        par_map(&files, 0, |f| std::hint::black_box(preprocess(&load_rgb(f).unwrap(), &cfg224).len()));
+        par_map(&files, 0, |f| {
+            std::hint::black_box(preprocess(&load_rgb(f).unwrap(), &cfg224).len())
+        });
         let all = files.len() as f64 / t.elapsed().as_secs_f64();
         println!("decode+preprocess to 224 ({name} JPEG, {count} files): {one:.0} images/s on 1 core, {all:.0} images/s on all cores");
     }
@@ -82,7 +119,10 @@ fn data_bench() {
     let files = images_in(&world.join("train2017"));
     let cache_root = base.join("cache");
     let t = Instant::now();
-    let opts = BuildOptions { progress: false, ..BuildOptions::default() };
+    let opts = BuildOptions {
+        progress: false,
+        ..BuildOptions::default()
+    };
     let (cache, r) = FeatureCache::build(&cache_root, &Fake, &cfg224, &files, &opts).unwrap();
     println!(
         "cache build (fake B/32 encoder, {} images): {:.2}s",

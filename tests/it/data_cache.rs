@@ -3,7 +3,7 @@
 //! failure mid-build, keyed by encoder and preprocessing.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use harness::data::cache::{BuildOptions, FeatureCache, FeatureExtractor, Lookup};
 use harness::model::preprocess::PreprocessConfig;
@@ -65,10 +65,11 @@ impl FeatureExtractor for Counting {
 }
 
 fn preprocess() -> PreprocessConfig {
-    let mut p = PreprocessConfig::default();
-    p.resize = harness::model::preprocess::Resize::ShortestEdge(16);
-    p.crop = (16, 16);
-    p
+    PreprocessConfig {
+        resize: harness::model::preprocess::Resize::ShortestEdge(16),
+        crop: (16, 16),
+        ..PreprocessConfig::default()
+    }
 }
 
 fn images() -> Vec<PathBuf> {
@@ -89,7 +90,7 @@ fn opts() -> BuildOptions {
     }
 }
 
-fn expected(p: &PathBuf) -> Vec<f32> {
+fn expected(p: &Path) -> Vec<f32> {
     let img = harness::data::images::load_rgb(p).unwrap();
     fake_features(&harness::model::preprocess::preprocess(&img, &preprocess()))
 }
@@ -98,8 +99,8 @@ fn expected(p: &PathBuf) -> Vec<f32> {
 fn second_build_runs_no_encoder_and_reads_the_same_features() {
     let tmp = tempfile::tempdir().unwrap();
     let enc = Counting::new("a");
-    let (cache, r) = FeatureCache::build(tmp.path(), &enc, &preprocess(), &images(), &opts())
-        .unwrap();
+    let (cache, r) =
+        FeatureCache::build(tmp.path(), &enc, &preprocess(), &images(), &opts()).unwrap();
     assert_eq!((r.images, r.extracted, r.cached), (3, 2, 0));
     assert_eq!(r.failed.len(), 1, "the corrupt JPEG");
     assert!(r.failed[0].0.ends_with("000000000034.jpg"));
@@ -127,8 +128,14 @@ fn second_build_runs_no_encoder_and_reads_the_same_features() {
     let copy = other.join("renamed.jpg");
     std::fs::copy(&images()[0], &copy).unwrap();
     let enc3 = Counting::new("a");
-    let (cache3, r3) =
-        FeatureCache::build(tmp.path(), &enc3, &preprocess(), &[copy.clone()], &opts()).unwrap();
+    let (cache3, r3) = FeatureCache::build(
+        tmp.path(),
+        &enc3,
+        &preprocess(),
+        std::slice::from_ref(&copy),
+        &opts(),
+    )
+    .unwrap();
     assert_eq!(enc3.calls.get(), 0);
     assert_eq!(r3.aliased, 1);
     assert_eq!(cache3.get_f32(&copy).unwrap(), expected(&images()[0]));
@@ -156,7 +163,11 @@ fn a_build_that_dies_midway_resumes_with_the_rest() {
     let enc = Counting::new("a");
     let (cache, r) =
         FeatureCache::build(tmp.path(), &enc, &preprocess(), &images(), &opts()).unwrap();
-    assert_eq!(enc.images.get(), 1, "only the image lost in the crash is encoded again");
+    assert_eq!(
+        enc.images.get(),
+        1,
+        "only the image lost in the crash is encoded again"
+    );
     assert_eq!(r.extracted, 1);
     assert_eq!(cache.len(), 2);
     for p in &images()[..2] {
@@ -172,10 +183,23 @@ fn a_changed_file_is_not_served_stale_features() {
     let p = dir.join("x.jpg");
     std::fs::copy(&images()[0], &p).unwrap();
     let enc = Counting::new("a");
-    FeatureCache::build(tmp.path(), &enc, &preprocess(), &[p.clone()], &opts()).unwrap();
+    FeatureCache::build(
+        tmp.path(),
+        &enc,
+        &preprocess(),
+        std::slice::from_ref(&p),
+        &opts(),
+    )
+    .unwrap();
     std::fs::copy(&images()[1], &p).unwrap();
-    let (cache, r) =
-        FeatureCache::build(tmp.path(), &enc, &preprocess(), &[p.clone()], &opts()).unwrap();
+    let (cache, r) = FeatureCache::build(
+        tmp.path(),
+        &enc,
+        &preprocess(),
+        std::slice::from_ref(&p),
+        &opts(),
+    )
+    .unwrap();
     assert_eq!(r.extracted, 1);
     assert_eq!(cache.get_f32(&p).unwrap(), expected(&images()[1]));
 }
@@ -216,10 +240,137 @@ fn sequences_without_cached_features_are_dropped_and_counted() {
     ];
     let mut skips = SkipReport::default();
     keep_cached(&mut seqs, &cache, &mut skips);
-    assert_eq!(seqs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["ok", "text"]);
+    assert_eq!(
+        seqs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["ok", "text"]
+    );
     assert_eq!(skips.ids(SkipReason::UndecodableImage), ["corrupt"]);
     assert_eq!(skips.ids(SkipReason::MissingImage), ["gone"]);
     let items = cached_items(&seqs, &[0, 1], &cache);
     assert_eq!(items[0].features.as_ref().unwrap(), &expected(&imgs[0]));
     assert!(items[1].features.is_none());
+}
+
+/// The child half of [`a_build_killed_with_sigkill_resumes`]: a slow build into the cache
+/// root the parent names (does nothing when run on its own).
+#[test]
+#[ignore]
+fn cache_child_build() {
+    let (Some(root), Some(imgs)) = (
+        std::env::var_os("HARNESS_TEST_CACHE_ROOT"),
+        std::env::var_os("HARNESS_TEST_CACHE_IMAGES"),
+    ) else {
+        return;
+    };
+    struct Slow(Counting);
+    impl FeatureExtractor for Slow {
+        fn id(&self) -> String {
+            self.0.id()
+        }
+        fn tokens(&self) -> usize {
+            TOKENS
+        }
+        fn dim(&self) -> usize {
+            DIM
+        }
+        fn extract(&self, pixels: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            self.0.extract(pixels)
+        }
+    }
+    let images: Vec<PathBuf> = std::fs::read_dir(imgs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    FeatureCache::build(
+        Path::new(&root),
+        &Slow(Counting::new("a")),
+        &preprocess(),
+        &images,
+        &opts(),
+    )
+    .unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_build_killed_with_sigkill_resumes() {
+    use harness::data::synth::{generate, SynthOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let n = 40;
+    generate(
+        &world,
+        &SynthOptions {
+            images: n,
+            size: 32,
+            val_fraction: 0.0,
+            ..SynthOptions::default()
+        },
+    )
+    .unwrap();
+    let imgs = world.join("train2017");
+    let root = tmp.path().join("cache");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "data_cache::cache_child_build",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("HARNESS_TEST_CACHE_ROOT", &root)
+        .env("HARNESS_TEST_CACHE_IMAGES", &imgs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shards = |root: &Path| -> usize {
+        walk(root)
+            .iter()
+            .filter(|p| {
+                p.to_string_lossy().ends_with(".json") && p.to_string_lossy().contains("shard-")
+            })
+            .count()
+    };
+    let t = std::time::Instant::now();
+    while shards(&root) < 5 {
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "the child build made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no destructors, no flush
+    child.wait().unwrap();
+    let done = shards(&root);
+    assert!(done < n, "killed before the end ({done} shards)");
+
+    let images: Vec<PathBuf> = std::fs::read_dir(&imgs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let enc = Counting::new("a");
+    let (cache, r) = FeatureCache::build(&root, &enc, &preprocess(), &images, &opts()).unwrap();
+    // One image per shard: everything written before the kill is kept, the rest is done now.
+    assert_eq!(r.cached, done);
+    assert_eq!(enc.images.get(), n - done);
+    assert_eq!(cache.len(), n);
+    for p in &images {
+        assert_eq!(cache.get_f32(p).unwrap(), expected(p));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

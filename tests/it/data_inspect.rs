@@ -38,7 +38,10 @@ fn check_counts_everything() {
     let s2 = &r.splits[1];
     let v2 = &r.splits[2];
     // 4 usable conversations (after the corrupt image), at least 1 held out by image.
-    assert_eq!(s2.samples + v2.samples + s2.skips.count(SkipReason::TruncatedAway), 4);
+    assert_eq!(
+        s2.samples + v2.samples + s2.skips.count(SkipReason::TruncatedAway),
+        4
+    );
     assert!(v2.samples >= 1);
     assert_eq!(s2.skips.count(SkipReason::UndecodableImage), 1);
     // max_len 40 cuts the three-turn conversation: counted, not hidden.

@@ -36,7 +36,10 @@ fn coco_captions_parse_and_skip_exactly() {
             ("48", "A man riding a wave on top of a surfboard."),
             // Surrounding whitespace and the newline are trimmed, not learned.
             ("67", "A surfer rides a big blue wave."),
-            ("126", "Ein Hund fängt einen Frisbee im Park — 犬がフリスビーを取る。"),
+            (
+                "126",
+                "Ein Hund fängt einen Frisbee im Park — 犬がフリスビーを取る。"
+            ),
             ("188", "Two dogs playing with a frisbee in the park."),
         ]
     );
@@ -80,11 +83,20 @@ fn instruct_parses_and_skips_exactly() {
     let got: Vec<&str> = set.samples.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(
         got,
-        ["000000000009", "000000000025", "000000000034", "12345", "text-only"]
+        [
+            "000000000009",
+            "000000000025",
+            "000000000034",
+            "12345",
+            "text-only"
+        ]
     );
     let first = &set.samples[0];
     assert_eq!(first.turns.len(), 1);
-    assert_eq!(first.turns[0].question, "What is the person in the image doing?");
+    assert_eq!(
+        first.turns[0].question,
+        "What is the person in the image doing?"
+    );
     // `<image>` after the question: removed the same way.
     let multi = &set.samples[1];
     assert_eq!(multi.image_name.as_deref(), Some("000000000025.jpg"));
@@ -97,7 +109,10 @@ fn instruct_parses_and_skips_exactly() {
         qa,
         [
             ("What is the dog doing?", "The dog is catching a frisbee."),
-            ("Where does this take place?", "In a park — 公園で、晴れた日に。"),
+            (
+                "Where does this take place?",
+                "In a park — 公園で、晴れた日に。"
+            ),
             ("Is it sunny?", "Yes, it appears to be a sunny day."),
         ]
     );
@@ -116,7 +131,10 @@ fn instruct_parses_and_skips_exactly() {
 
     let bad = undecodable(set.samples.iter().filter_map(|c| c.image.clone()));
     drop_undecodable_conversations(&mut set.samples, &mut set.skips, &bad);
-    assert_eq!(ids(&set.skips, SkipReason::UndecodableImage), ["000000000034"]);
+    assert_eq!(
+        ids(&set.skips, SkipReason::UndecodableImage),
+        ["000000000034"]
+    );
     assert_eq!(set.samples.len(), 4);
 }
 
@@ -180,9 +198,10 @@ fn holdout_is_by_image_and_deterministic() {
     assert_eq!(train.len() + val.len(), many.len());
     let val_images: std::collections::HashSet<_> =
         val.iter().filter_map(|c| c.image_name.clone()).collect();
-    assert!(train
-        .iter()
-        .all(|c| c.image_name.as_ref().is_none_or(|n| !val_images.contains(n))));
+    assert!(train.iter().all(|c| c
+        .image_name
+        .as_ref()
+        .is_none_or(|n| !val_images.contains(n))));
     let (train2, val2) = holdout(many, 30);
     assert_eq!((train, val), (train2, val2));
 }

@@ -87,7 +87,11 @@ fn stage2_every_answer_and_end_token_is_learned_and_nothing_else() {
     for c in conversations() {
         let s = b.conversation(&c).unwrap();
         check_invariants(&s, eot);
-        let want: Vec<String> = c.turns.iter().map(|t| format!(" {}{EOT}", t.answer)).collect();
+        let want: Vec<String> = c
+            .turns
+            .iter()
+            .map(|t| format!(" {}{EOT}", t.answer))
+            .collect();
         assert_eq!(target_spans(&tok, &s), want, "{}", c.id);
         assert_eq!(s.image_start.is_some(), c.image.is_some());
     }
@@ -123,7 +127,10 @@ fn text_only_conversation_has_no_image_slot() {
     let s = b.conversation(&c).unwrap();
     assert_eq!(s.image_start, None);
     assert_eq!(s.image_positions(), 0..0);
-    assert_eq!(b.render(&s), "USER: What is 2 + 2? ASSISTANT:[[ 4<|endoftext|>]]");
+    assert_eq!(
+        b.render(&s),
+        "USER: What is 2 + 2? ASSISTANT:[[ 4<|endoftext|>]]"
+    );
 }
 
 #[test]

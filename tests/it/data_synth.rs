@@ -7,8 +7,7 @@ use harness::data::coco::load_captions;
 use harness::data::images::{load_rgb, ImageRoot};
 use harness::data::instruct::load_instruct;
 use harness::data::synth::{
-    generate, questions, scene, Kind, Scene, SynthOptions, BACKGROUNDS, COLORS, KINDS,
-    POSITIONS,
+    generate, questions, scene, Kind, Scene, SynthOptions, BACKGROUNDS, COLORS, KINDS, POSITIONS,
 };
 
 const SEED: u64 = 7;
@@ -39,7 +38,9 @@ fn kind_in_picture(img: &image::RgbImage, sc: &Scene, cx: f32, cy: f32, r: f32) 
     let n = img.width() as f32;
     let bg = BACKGROUNDS[sc.background].1;
     let inside = |dx: f32, dy: f32| {
-        let p = img.get_pixel(((cx + dx * r) * n) as u32, ((cy + dy * r) * n) as u32).0;
+        let p = img
+            .get_pixel(((cx + dx * r) * n) as u32, ((cy + dy * r) * n) as u32)
+            .0;
         p != bg
     };
     // Margins of at least 0.1 r (about 2 px for a small shape) around every edge.
@@ -110,20 +111,30 @@ fn the_world_loads_cleanly_and_every_answer_is_a_fact_of_the_picture() {
             / exact.as_raw().len() as f64;
         assert!(err < 3.0, "mean JPEG error {err}");
         for s in &sc.shapes {
-            let px = file.get_pixel((s.cx * 224.0) as u32, (s.cy * 224.0) as u32).0;
+            let px = file
+                .get_pixel((s.cx * 224.0) as u32, (s.cy * 224.0) as u32)
+                .0;
             assert_eq!(nearest(px, &COLORS), s.color_name());
             assert_eq!(kind_in_picture(&exact, &sc, s.cx, s.cy, s.r), s.kind);
             let cell = (s.cy * 3.0) as usize * 3 + (s.cx * 3.0) as usize;
             assert_eq!(cell, s.cell);
         }
-        assert_eq!(nearest(file.get_pixel(1, 1).0, &BACKGROUNDS), sc.background_name());
+        assert_eq!(
+            nearest(file.get_pixel(1, 1).0, &BACKGROUNDS),
+            sc.background_name()
+        );
         assert!((2..=4).contains(&c.turns.len()));
 
         for t in &c.turns {
             let q = &t.question;
-            let qt = t.qtype.as_deref().expect("every synthetic question is typed");
+            let qt = t
+                .qtype
+                .as_deref()
+                .expect("every synthetic question is typed");
             types.insert(qt.to_string());
-            let color = COLORS.iter().position(|(n, _)| q.contains(&format!(" {n} ")));
+            let color = COLORS
+                .iter()
+                .position(|(n, _)| q.contains(&format!(" {n} ")));
             let kind = KINDS.iter().copied().find(|k| q.contains(k.name()));
             let the = |c: Option<usize>, k: Option<Kind>| {
                 sc.shapes
@@ -143,7 +154,12 @@ fn the_world_loads_cleanly_and_every_answer_is_a_fact_of_the_picture() {
                 "shape" => the(color, None)[0].kind.name().to_string(),
                 "position" => POSITIONS[the(color, kind)[0].cell].to_string(),
                 "size" => the(color, kind)[0].size_name().to_string(),
-                "exists" => if the(color, kind).is_empty() { "no" } else { "yes" }.to_string(),
+                "exists" => if the(color, kind).is_empty() {
+                    "no"
+                } else {
+                    "yes"
+                }
+                .to_string(),
                 other => panic!("unknown question type {other}"),
             };
             assert_eq!(t.answer, want, "{q}");

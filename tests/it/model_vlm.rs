@@ -103,3 +103,29 @@ fn model_tokenizer_matches_hf_tokenizers() {
         assert_eq!(tok.decode(&ids, false).unwrap(), *t);
     }
 }
+
+#[test]
+fn model_fill_image_slots_matches_splice() {
+    // The two layouts (marker ids vs expanded slots) give the same embeddings and logits.
+    use harness::model::vlm::{fill_image_slots, llava_logits};
+    let device = Default::default();
+    let (lm, cfg) = Phi::<B>::from_dir(&fixtures().join("phi_f32"), &device).unwrap();
+    let proj = ProjectorConfig::new(8, cfg.hidden_size)
+        .with_depth(1)
+        .init::<B>(&device);
+    let feats = Tensor::<B, 3>::random([2, 3, 8], burn::tensor::Distribution::Default, &device);
+    let projected = proj.forward(feats.clone());
+    let marker_rows = vec![vec![5, IMAGE_TOKEN, 7, 8], vec![9, 10, IMAGE_TOKEN]];
+    let s = splice(&lm, &marker_rows, projected.clone(), 0);
+    // Expanded layout: slots hold the pad id 0, right padding to length 6.
+    let ids = vec![5i64, 0, 0, 0, 7, 8, 9, 10, 0, 0, 0, 0];
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 6]), &device);
+    let mask = vec![1i64, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0];
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [2, 6]), &device);
+    let starts = [Some(1), Some(2)];
+    let filled = fill_image_slots(lm.embed(ids.clone()), projected, &starts);
+    assert_eq!(vals(filled), vals(s.embeds.clone()));
+    let a = llava_logits(&lm, &proj, ids, mask, feats, &starts);
+    let b = lm.forward_embeds(s.embeds, Some(s.mask), None);
+    assert!(max_abs(&vals(a), &vals(b)) <= 1e-6);
+}

@@ -1,0 +1,471 @@
+//! LoRA adapters on frozen linear layers, the base either full precision or NF4 (QLoRA),
+//! DESIGN.md section 3 and issue 5.
+//!
+//! `y = base(x) + (alpha / r) * B(A(dropout(x)))` with peft's semantics: A starts
+//! kaiming-uniform (`a = sqrt(5)`, i.e. uniform in `±1/sqrt(in)`), B starts at zero, so a fresh
+//! adapter leaves the base output unchanged; dropout applies to the adapter input only and
+//! only while training (burn's `Dropout` is the identity on a backend without autodiff, i.e.
+//! after `valid()`).
+//!
+//! The base is never a `Param`: an f32 weight is a constant tensor field (burn does not visit
+//! it, so no gradient is kept for it and the optimizer never sees it), and an NF4 weight is
+//! kept packed on the host ([`Nf4Tensor`], ~0.52 byte per weight with double quantization)
+//! and dequantized for each forward, and again in the backward pass ([`QLoraBackend`]), so
+//! the dequantized copy lives only while one layer computes. Only A and B are parameters.
+//!
+//! Layouts: adapter weights use burn's `[in, out]` convention (`a`: `[in, r]`, `b`:
+//! `[r, out]`), the transposes of peft's `lora_A.weight` `[r, in]` and `lora_B.weight`
+//! `[out, r]`. The NF4 base is quantized in PyTorch's `[out, in]` order, like bitsandbytes,
+//! so its blocks match a bitsandbytes-quantized checkpoint.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::module::{Initializer, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::module::linear;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, TensorCreationOptions, TensorPrimitive};
+
+use super::checkpoint::Checkpoint;
+use super::nf4::{Nf4Config, Nf4Tensor};
+
+/// Phi's LoRA targets by default (issue 5): attention projections and both MLP layers.
+pub const PHI_TARGETS: [&str; 6] = crate::config::LORA_TARGETS;
+
+/// Adapter and base settings for stage 2.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    /// r, the adapter rank.
+    pub rank: usize,
+    /// The adapter output is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout probability on the adapter input (training only).
+    pub dropout: f64,
+    /// Module names that get an adapter, matched against the last component of a module
+    /// path (peft's `target_modules` list semantics).
+    pub targets: Vec<String>,
+    /// How frozen base weights are stored: `None` keeps f32 (`quant = "none"`), `Some`
+    /// packs them in NF4.
+    pub quant: Option<Nf4Config>,
+}
+
+impl Default for LoraConfig {
+    /// QLoRA paper defaults: r 64, alpha 16, dropout 0.05, NF4 with double quantization.
+    fn default() -> Self {
+        Self {
+            rank: 64,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: PHI_TARGETS.iter().map(|s| s.to_string()).collect(),
+            quant: Some(Nf4Config::default()),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The adapter settings of an experiment's stage 2 (`quant`, `double_quant`, `lora_*`).
+    pub fn from_stage2(s2: &crate::config::Stage2Config) -> Self {
+        Self {
+            rank: s2.lora_rank.max(0) as usize,
+            alpha: s2.lora_alpha,
+            dropout: s2.lora_dropout,
+            targets: s2.lora_targets.clone(),
+            quant: match s2.quant {
+                crate::config::Quant::None => None,
+                crate::config::Quant::Nf4 => {
+                    Some(Nf4Config::default().with_double_quant(s2.double_quant))
+                }
+            },
+        }
+    }
+
+    /// No adapters and an f32 base: Phi frozen as in stage 1 (or for probes and parity).
+    pub fn frozen() -> Self {
+        Self {
+            rank: 0,
+            alpha: 0.0,
+            dropout: 0.0,
+            targets: Vec::new(),
+            quant: None,
+        }
+    }
+
+    pub fn scaling(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Whether the module at `path` (e.g. `model.layers.3.self_attn.q_proj`) gets an adapter.
+    pub fn is_target(&self, path: &str) -> bool {
+        let last = path.rsplit('.').next().unwrap_or(path);
+        self.rank > 0 && self.targets.iter().any(|t| t == last)
+    }
+}
+
+/// A frozen linear layer `y = x W^T + b`: either an f32 weight (a constant tensor, burn
+/// `[in, out]` layout) or NF4 codes of PyTorch's `[out, in]` weight kept on the host.
+#[derive(Module, Debug)]
+pub struct FrozenLinear<B: Backend> {
+    /// `[in, out]`; `None` when the weight is NF4-packed.
+    weight: Option<Tensor<B, 2>>,
+    /// `[out, in]` packed; dequantized on the fly. Shared, so cloning a model (e.g. burn's
+    /// `valid()`) does not copy it.
+    #[module(skip)]
+    nf4: Option<Arc<Nf4Tensor>>,
+    /// `[out]`, kept in full precision (as bitsandbytes does).
+    bias: Option<Tensor<B, 1>>,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl<B: Backend> FrozenLinear<B> {
+    /// From PyTorch's row-major `[out, in]` weight (as stored in HF checkpoints) and bias.
+    pub fn from_torch(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        d_in: usize,
+        d_out: usize,
+        quant: Option<&Nf4Config>,
+        device: &B::Device,
+    ) -> Self {
+        assert_eq!(
+            weight.len(),
+            d_in * d_out,
+            "weight is not [{d_out}, {d_in}]"
+        );
+        let bias = bias.map(|b| {
+            assert_eq!(b.len(), d_out, "bias is not [{d_out}]");
+            Tensor::from_data(TensorData::new(b.to_vec(), [d_out]), device)
+        });
+        let (weight, nf4) = match quant {
+            Some(cfg) => (
+                None,
+                Some(Arc::new(Nf4Tensor::quantize(weight, &[d_out, d_in], cfg))),
+            ),
+            None => {
+                let w = Tensor::<B, 2>::from_data(
+                    TensorData::new(weight.to_vec(), [d_out, d_in]),
+                    device,
+                );
+                (Some(w.transpose()), None)
+            }
+        };
+        Self {
+            weight,
+            nf4,
+            bias,
+            d_in,
+            d_out,
+        }
+    }
+
+    /// From a burn `Linear` (weight `[in, out]`); its parameters become constants.
+    pub fn from_linear(lin: Linear<B>, quant: Option<&Nf4Config>) -> Self {
+        let [d_in, d_out] = lin.weight.dims();
+        let bias = lin.bias.map(|b| b.val().detach());
+        let w = lin.weight.val().detach();
+        match quant {
+            None => Self {
+                weight: Some(w),
+                nf4: None,
+                bias,
+                d_in,
+                d_out,
+            },
+            Some(cfg) => {
+                // Quantize in PyTorch's [out, in] order so blocks match bitsandbytes.
+                let torch = w.transpose().into_data().convert::<f32>();
+                let values = torch.to_vec::<f32>().expect("f32 weight");
+                Self {
+                    weight: None,
+                    nf4: Some(Arc::new(Nf4Tensor::quantize(&values, &[d_out, d_in], cfg))),
+                    bias,
+                    d_in,
+                    d_out,
+                }
+            }
+        }
+    }
+
+    /// Loads `{prefix}.weight` `[out, in]` and `{prefix}.bias` from a checkpoint, one tensor
+    /// at a time, so a quantized model never holds its full f32 weights.
+    pub fn load(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        quant: Option<&Nf4Config>,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        let w = ckpt.read_f32(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let b = if bias {
+            Some(ckpt.read_f32(&format!("{prefix}.bias"), &[d_out])?)
+        } else {
+            None
+        };
+        Ok(Self::from_torch(
+            &w,
+            b.as_deref(),
+            d_in,
+            d_out,
+            quant,
+            device,
+        ))
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    /// The packed weight, if NF4.
+    pub fn nf4(&self) -> Option<&Nf4Tensor> {
+        self.nf4.as_deref()
+    }
+
+    /// The weight as a `[in, out]` tensor on `device` in `dtype` (dequantized if NF4).
+    pub fn weight(&self, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+        match (&self.weight, &self.nf4) {
+            (Some(w), _) => w.clone(),
+            (None, Some(q)) => dequantized::<B>(q, device, dtype).transpose(),
+            (None, None) => unreachable!("a frozen linear has a weight"),
+        }
+    }
+
+    /// Bytes held by the base weight and bias on the host or device (f32 counted as 4).
+    pub fn memory_bytes(&self) -> usize {
+        let w = match &self.nf4 {
+            Some(q) => q.memory_bytes(),
+            None => 4 * self.d_in * self.d_out,
+        };
+        w + self.bias.as_ref().map_or(0, |_| 4 * self.d_out)
+    }
+}
+
+impl<B: QLoraBackend> FrozenLinear<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let Some(q) = &self.nf4 else {
+            let w = self.weight.clone().expect("a frozen linear has a weight");
+            return linear(x, w, self.bias.clone());
+        };
+        // [.., in] -> [n, in] -> packed matmul -> [.., out]
+        let dims = x.dims();
+        let n = dims[..D - 1].iter().product();
+        let x2 = x.reshape([n, self.d_in]).into_primitive().tensor();
+        let y =
+            Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::nf4_matmul(x2, q.clone())));
+        let mut out = dims;
+        out[D - 1] = self.d_out;
+        let y = y.reshape(out);
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+/// Backends that multiply by an NF4-packed weight. The provided method dequantizes and
+/// multiplies; the autodiff implementation keeps only the packed weight (an `Arc`) for the
+/// backward pass and dequantizes again there, so a training step never holds the
+/// dequantized base weights of all layers at once (burn's own matmul would save the f32 /
+/// bf16 weight for `dL/dx`). Implemented for the build's compute backend and its autodiff
+/// wrapper; another backend opts in with an empty `impl`.
+pub trait QLoraBackend: Backend {
+    /// `x` `[n, in]` times the transpose of the packed `[out, in]` weight: `[n, out]`.
+    fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        let wt = dequantized::<Self>(&w, &x.device(), x.dtype()).transpose();
+        x.matmul(wt).into_primitive().tensor()
+    }
+}
+
+/// The packed `[out, in]` weight as a tensor.
+fn dequantized<B: Backend>(w: &Nf4Tensor, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+    let data = TensorData::new(w.dequantize(), [w.shape[0], w.shape[1]]);
+    Tensor::from_data(
+        data,
+        TensorCreationOptions::new(device.clone()).with_dtype(dtype),
+    )
+}
+
+impl QLoraBackend for crate::backend::Compute {}
+
+impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
+    fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Nf4Matmul;
+
+        impl<B: Backend> Backward<B, 1> for Nf4Matmul {
+            /// The packed weight, not its dequantized copy.
+            type State = Arc<Nf4Tensor>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let w = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    // dL/dx = dL/dy W, with W dequantized again here.
+                    let g = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grad));
+                    let wm = dequantized::<B>(&w, &g.device(), g.dtype());
+                    g.matmul(wm).into_primitive().tensor()
+                });
+            }
+        }
+
+        match Nf4Matmul
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(w.clone(), B::nf4_matmul(x.primitive, w)),
+            OpsKind::UnTracked(prep) => prep.finish(B::nf4_matmul(x.primitive, w)),
+        }
+    }
+}
+
+/// The trainable part: `scaling * B(A(dropout(x)))`.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[in, r]` (peft's `lora_A.weight` transposed).
+    pub a: Param<Tensor<B, 2>>,
+    /// `[r, out]` (peft's `lora_B.weight` transposed).
+    pub b: Param<Tensor<B, 2>>,
+    pub dropout: Dropout,
+    pub scaling: f64,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// A fresh adapter: A kaiming-uniform like peft, B zero.
+    pub fn init(d_in: usize, d_out: usize, cfg: &LoraConfig, device: &B::Device) -> Self {
+        // kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/6), bound gain*sqrt(3/in).
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Self {
+            a: Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            }
+            .init([d_in, cfg.rank], device),
+            b: Initializer::Zeros.init([cfg.rank, d_out], device),
+            dropout: DropoutConfig::new(cfg.dropout).init(),
+            scaling: cfg.scaling(),
+        }
+    }
+
+    /// From peft's row-major `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`.
+    pub fn from_peft(
+        lora_a: &[f32],
+        lora_b: &[f32],
+        d_in: usize,
+        d_out: usize,
+        cfg: &LoraConfig,
+        device: &B::Device,
+    ) -> Self {
+        let r = cfg.rank;
+        assert_eq!(lora_a.len(), r * d_in, "lora_A is not [{r}, {d_in}]");
+        assert_eq!(lora_b.len(), d_out * r, "lora_B is not [{d_out}, {r}]");
+        let t = |v: &[f32], rows, cols| {
+            Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device).transpose()
+        };
+        Self {
+            a: Param::from_tensor(t(lora_a, r, d_in)),
+            b: Param::from_tensor(t(lora_b, d_out, r)),
+            dropout: DropoutConfig::new(cfg.dropout).init(),
+            scaling: cfg.scaling(),
+        }
+    }
+
+    /// peft's `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`, row-major.
+    pub fn to_peft(&self) -> (Vec<f32>, Vec<f32>) {
+        let v = |t: Tensor<B, 2>| {
+            t.transpose()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 adapter")
+        };
+        (v(self.a.val()), v(self.b.val()))
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let h = linear(self.dropout.forward(x), self.a.val(), None);
+        linear(h, self.b.val(), None) * self.scaling
+    }
+}
+
+/// A frozen linear layer with an optional LoRA adapter: the drop-in for Phi's targets.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    pub base: FrozenLinear<B>,
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// Wraps a base; adds a fresh adapter when `path` is one of `cfg`'s targets.
+    pub fn new(base: FrozenLinear<B>, path: &str, cfg: &LoraConfig, device: &B::Device) -> Self {
+        let lora = cfg
+            .is_target(path)
+            .then(|| LoraAdapter::init(base.d_in(), base.d_out(), cfg, device));
+        Self { base, lora }
+    }
+
+    /// A Phi-style linear from a checkpoint: base frozen (NF4 when `cfg.quant` is set),
+    /// adapter when `prefix` is a target.
+    pub fn load(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        cfg: &LoraConfig,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        let base = FrozenLinear::load(ckpt, prefix, d_in, d_out, true, cfg.quant.as_ref(), device)?;
+        Ok(Self::new(base, prefix, cfg, device))
+    }
+
+    /// Converts an already-loaded burn `Linear` (e.g. a field of Phi) at `path`.
+    pub fn from_linear(lin: Linear<B>, path: &str, cfg: &LoraConfig) -> Self {
+        let device = lin.weight.device();
+        let base = FrozenLinear::from_linear(lin, cfg.quant.as_ref());
+        Self::new(base, path, cfg, &device)
+    }
+}
+
+impl<B: QLoraBackend> LoraLinear<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lora {
+            None => self.base.forward(x),
+            Some(l) => self.base.forward(x.clone()) + l.forward(x),
+        }
+    }
+}
+
+/// Module paths of Phi's linears that are LoRA targets under `cfg`, in load order
+/// (`model.layers.{i}.self_attn.{q_proj,k_proj,v_proj,dense}`, `model.layers.{i}.mlp.{fc1,fc2}`).
+pub fn phi_target_paths(num_layers: usize, cfg: &LoraConfig) -> Vec<String> {
+    (0..num_layers)
+        .flat_map(|i| {
+            let p = format!("model.layers.{i}");
+            [
+                format!("{p}.self_attn.q_proj"),
+                format!("{p}.self_attn.k_proj"),
+                format!("{p}.self_attn.v_proj"),
+                format!("{p}.self_attn.dense"),
+                format!("{p}.mlp.fc1"),
+                format!("{p}.mlp.fc2"),
+            ]
+        })
+        .filter(|path| cfg.is_target(path))
+        .collect()
+}

@@ -1,0 +1,142 @@
+//! A stage's data, ready for the loop: sequences for train and val, the CLIP features of
+//! every image they use (from the shared feature cache, built once), and what was skipped
+//! or truncated on the way.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::backend::Compute;
+use crate::config::{Experiment, FeatureSelect as SelectCfg, ImageAspect};
+use crate::data::batch::{keep_cached, LlavaBatcher};
+use crate::data::cache::{BuildOptions, FeatureCache};
+use crate::data::clip_features::ClipExtractor;
+use crate::data::inspect::{self, DataSpec};
+use crate::data::sequence::{ChatTemplate, Sequence, SequenceBuilder, Truncation};
+use crate::data::skips::SkipReport;
+use crate::model::clip::FeatureSelect;
+use crate::model::preprocess::PreprocessConfig;
+use crate::model::tokenizer::Tokenizer;
+
+/// Where `builtin:NAME` backbones live (built by `harness pretrain`), and the shared
+/// feature cache: `HARNESS_CACHE`, else `cache/` in the working folder.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("HARNESS_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cache"))
+}
+
+/// A checkpoint folder named in the config: a path, or `builtin:NAME`.
+pub fn backbone_dir(spec: &str) -> Result<PathBuf> {
+    match spec.strip_prefix("builtin:") {
+        Some(name) => {
+            let dir = cache_root().join("backbones").join(name);
+            anyhow::ensure!(
+                dir.join("config.json").exists(),
+                "builtin backbone {name:?} is not built: expected it in {} (built by `harness pretrain`)",
+                dir.display()
+            );
+            Ok(dir)
+        }
+        None => Ok(PathBuf::from(spec)),
+    }
+}
+
+/// Everything one stage trains and validates on.
+pub struct StageData {
+    pub train: Vec<Sequence>,
+    pub val: Vec<Sequence>,
+    pub cache: FeatureCache,
+    pub batcher: LlavaBatcher,
+    pub skips: SkipReport,
+    pub truncation: Truncation,
+    /// CLIP forward passes this preparation ran (0 when every image was cached).
+    pub extracted: usize,
+}
+
+/// The data spec an experiment describes, with the image token count of its encoder.
+pub fn spec(exp: &Experiment, tok: &Tokenizer, image_tokens: usize) -> Result<DataSpec> {
+    let pad_id = tok.pad_id.or(tok.eos_id).context("the tokenizer has neither pad nor eos")?;
+    Ok(DataSpec {
+        coco_root: exp.data.coco_root.clone().into(),
+        instruct_json: exp.data.instruct_json.clone().into(),
+        stage1_limit: exp.data.stage1_limit as usize,
+        stage2_limit: exp.data.stage2_limit as usize,
+        stage2_val: exp.data.stage2_val as usize,
+        max_len: exp.data.max_len as usize,
+        image_tokens,
+        template: ChatTemplate::named(&exp.data.template)?,
+        eos: "<|endoftext|>".into(),
+        pad_id,
+        seed: exp.seed,
+    })
+}
+
+/// The feature selection and preprocessing an experiment asks of its vision tower.
+pub fn vision_setup(exp: &Experiment, vision_dir: &Path) -> Result<(FeatureSelect, PreprocessConfig)> {
+    let select = FeatureSelect { layer: exp.model.feature_layer, with_cls: exp.model.feature_select == SelectCfg::ClsPatch };
+    let mut pre = PreprocessConfig::load(vision_dir)?;
+    pre.pad_to_square = exp.model.image_aspect == ImageAspect::Pad;
+    Ok((select, pre))
+}
+
+/// Loads stage `stage`'s samples, builds sequences, and makes sure every image has cached
+/// CLIP features (computing only the missing ones).
+pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) -> Result<StageData> {
+    let device = crate::backend::device(exp.devices[0]);
+    let (select, pre) = vision_setup(exp, vision_dir)?;
+    let extractor = ClipExtractor::<Compute>::from_dir(vision_dir, select, &device)
+        .with_context(|| format!("loading the vision tower from {}", vision_dir.display()))?;
+    use crate::data::cache::FeatureExtractor;
+    let spec = spec(exp, tok, extractor.tokens())?;
+    let builder = inspect::builder(&spec, tok)?;
+
+    let (train, val, mut skips, truncation) = match stage {
+        1 => {
+            let (tr, mut sk) = inspect::stage1_samples(&spec, "train", false)?;
+            let (va, _) = inspect::stage1_samples(&DataSpec { stage1_limit: 0, ..spec.clone() }, "val", false)?;
+            let va = first_images(va, exp.data.val_images as usize, |s| s.image.clone());
+            let (tr, s1, t1) = builder.build_all(&tr, SequenceBuilder::caption, |s| s.id.clone());
+            let (va, _, _) = builder.build_all(&va, SequenceBuilder::caption, |s| s.id.clone());
+            sk.merge(&s1);
+            (tr, va, sk, t1)
+        }
+        _ => {
+            let (tr, va, mut sk) = inspect::stage2_samples(&spec, false)?;
+            let (tr, s2, t2) = builder.build_all(&tr, SequenceBuilder::conversation, |c| c.id.clone());
+            let (va, _, _) = builder.build_all(&va, SequenceBuilder::conversation, |c| c.id.clone());
+            sk.merge(&s2);
+            (tr, va, sk, t2)
+        }
+    };
+    let images: Vec<PathBuf> = train
+        .iter()
+        .chain(&val)
+        .filter_map(|s| s.image.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let opts = BuildOptions { progress: true, ..Default::default() };
+    let (cache, report) = FeatureCache::build(&cache_root().join("features"), &extractor, &pre, &images, &opts)?;
+    let (mut train, mut val) = (train, val);
+    keep_cached(&mut train, &cache, &mut skips);
+    keep_cached(&mut val, &cache, &mut SkipReport::default());
+    anyhow::ensure!(!train.is_empty(), "stage {stage} has no training samples left (skips: {:?})", skips.metrics());
+    let batcher = LlavaBatcher {
+        pad_id: spec.pad_id,
+        image_tokens: cache.tokens(),
+        feature_dim: cache.dim(),
+        pad_to_multiple: 8,
+    };
+    Ok(StageData { train, val, cache, batcher, skips, truncation, extracted: report.extracted })
+}
+
+/// The samples of the first `n` distinct images in a seeded but stable order (0 = all).
+fn first_images<T>(samples: Vec<T>, n: usize, image: impl Fn(&T) -> PathBuf) -> Vec<T> {
+    if n == 0 {
+        return samples;
+    }
+    let mut names: Vec<PathBuf> = samples.iter().map(&image).collect::<BTreeSet<_>>().into_iter().collect();
+    names.truncate(n);
+    let keep: BTreeSet<PathBuf> = names.into_iter().collect();
+    samples.into_iter().filter(|s| keep.contains(&image(s))).collect()
+}
