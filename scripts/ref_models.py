@@ -19,7 +19,8 @@ Layout of tests/fixtures/models/:
   phi_f16/            the same weights saved as float16, `rope_parameters` config form
   phi_sharded_bf16/   the same weights as bfloat16 in several shards with
                       model.safetensors.index.json, `rope_parameters` config form
-  images/             landscape PNG, portrait JPEG (non-square on purpose)
+  images/             landscape PNG, JPEGs (4:4:4, 4:2:0, 4:2:2 with restarts, grey,
+                      progressive; non-square on purpose)
   ref/                reference outputs (safetensors, float32)
 
 Each reference is computed by loading *that* folder back with transformers in float32, so the
@@ -54,7 +55,7 @@ PHI_IDS = [1, 17, 99, 3, 64, 127, 0, 42, 5]
 # A right-padded batch: row 1 is 5 tokens long.
 PHI_BATCH = [[7, 8, 9, 10, 11, 12, 13], [100, 2, 55, 31, 4, 0, 0]]
 PHI_BATCH_MASK = [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]]
-JPEGS = ["portrait.jpg", "photo420.jpg", "photo422.jpg", "gray.jpg"]
+JPEGS = ["portrait.jpg", "photo420.jpg", "photo422.jpg", "gray.jpg", "progressive.jpg"]
 TOKENIZER_TEXTS = ["a red circle on a blue square", "Hello, world! <|endoftext|>", "unicode: café"]
 
 
@@ -90,6 +91,8 @@ def make_images():
     picture(45, 31).save(out("images", "photo420.jpg"), quality=85, subsampling=2)
     picture(37, 29).save(out("images", "photo422.jpg"), quality=75, subsampling=1, restart_marker_blocks=3)
     picture(23, 19).convert("L").save(out("images", "gray.jpg"), quality=90)
+    # Progressive with successive approximation (Pillow uses libjpeg's simple progression).
+    picture(39, 27).save(out("images", "progressive.jpg"), quality=80, progressive=True, optimize=True)
     decoded = {}
     for name in JPEGS:
         a = np.asarray(Image.open(out("images", name)).convert("RGB"))

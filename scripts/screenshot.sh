@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Screenshot an HTML report with headless Chromium, to check that a page (a comparison,
-# the leaderboard) shows its charts and tables. Prints Chromium's console errors, if any.
+# the leaderboard) shows its charts and tables. Chromium's console errors are printed and
+# make it exit 3.
 #
 #   scripts/screenshot.sh PAGE.html OUT.png [WIDTH [HEIGHT]]
 #
@@ -32,9 +33,11 @@ trap 'rm -rf "$profile" "$log"' EXIT
     cat "$log" >&2
     exit 1
 }
-# Page errors (a script that threw, a resource that failed) show up as console messages.
-if grep -E "CONSOLE|Uncaught|Failed to load" "$log" >&2; then
-    echo "warning: the page logged errors (above)" >&2
-fi
 [[ -s "$out" ]] || { echo "no screenshot written" >&2; exit 1; }
 echo "$out"
+# Page errors (a script that threw, a resource that failed) show up as console messages;
+# they fail the check (exit 3) after the screenshot is written.
+if grep -E "CONSOLE|Uncaught|Failed to load" "$log" >&2; then
+    echo "error: the page logged errors (above)" >&2
+    exit 3
+fi

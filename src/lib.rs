@@ -5,9 +5,11 @@
 //! `plan` (sweeps), `model`, `data`, and `cli` (thin commands over the library).
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;

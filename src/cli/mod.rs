@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub mod compare;
+pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod ls;
 pub mod probe;
 pub mod report;
@@ -47,6 +49,8 @@ pub enum Command {
     Probe(probe::ProbeCommand),
     /// Generate the synthetic world (images, COCO captions, instruct conversations).
     Synth(synth::SynthArgs),
+    /// Time training steps on a named size.
+    Bench(bench::BenchArgs),
     /// Inspect the data an experiment will train on.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -54,6 +58,9 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Compare runs on one HTML page: config diff, overlaid curves, metric deltas.
     Compare(compare::CompareArgs),
+    /// Score model outputs against references (COCO caption metrics).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Parses the process arguments and runs the command.
@@ -68,7 +75,9 @@ pub fn main() -> anyhow::Result<()> {
         Command::Probe(c) => probe::probe(c),
         Command::Synth(a) => synth::synth(a),
         Command::Data(c) => data::data(c),
+        Command::Bench(a) => bench::bench(a),
         Command::Report(a) => report::report(&results, a),
         Command::Compare(a) => compare::compare(&results, a),
+        Command::Eval(c) => eval::eval(c),
     }
 }

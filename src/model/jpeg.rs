@@ -8,9 +8,9 @@
 //! and 2x2 subsampling (jdsample.c; edge rows and columns replicated), and the fixed-point
 //! YCbCr->RGB tables of jdcolor.c.
 //!
-//! Supported: baseline/extended sequential Huffman, 8-bit, 1 or 3 components, restart
-//! markers. Anything else (progressive, arithmetic coding, CMYK, 12-bit) returns
-//! [`Unsupported`] and callers fall back to the `image` crate.
+//! Supported: baseline/extended sequential and progressive Huffman, 8-bit, 1 or 3
+//! components, restart markers. Anything else (arithmetic coding, lossless, CMYK, 12-bit)
+//! returns [`Unsupported`] and callers fall back to the `image` crate.
 
 use std::fmt;
 
@@ -86,6 +86,9 @@ struct Component {
     bh: usize,
     /// Decoded samples, `bw * 8` by `bh * 8`.
     pixels: Vec<u8>,
+    /// Progressive files only: all coefficients (natural order), 64 per block, until the
+    /// last scan; then the IDCT runs once.
+    coefs: Vec<i32>,
     dc_table: usize,
     ac_table: usize,
 }
@@ -95,13 +98,17 @@ struct Bits<'a> {
     pos: usize,
     acc: u32,
     n: u32,
+    /// Ran past the end of the file (truncated): PIL refuses such files, so do we.
+    exhausted: bool,
 }
 
 impl Bits<'_> {
     fn fill(&mut self) {
         while self.n <= 24 {
             let mut byte = 0u32;
-            if self.pos < self.data.len() {
+            if self.pos >= self.data.len() {
+                self.exhausted = true;
+            } else {
                 let b = self.data[self.pos];
                 if b == 0xFF {
                     let next = self.data.get(self.pos + 1).copied().unwrap_or(0);
@@ -407,6 +414,7 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
     let mut adobe_transform: Option<u8> = None;
     let mut pos = 2;
     let mut decoded_any = false;
+    let mut progressive = false;
     loop {
         while pos < data.len() && data[pos] != 0xFF {
             pos += 1;
@@ -442,6 +450,9 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                         return unsupported("quantization table id");
                     }
                     s = &s[1..];
+                    if s.len() < if pq == 0 { 64 } else { 128 } {
+                        return unsupported("truncated quantization table");
+                    }
                     for i in 0..64 {
                         let v = if pq == 0 {
                             s[i] as i32
@@ -475,7 +486,11 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                     s = &s[17 + n..];
                 }
             }
-            0xC0 | 0xC1 => {
+            0xC0 | 0xC1 | 0xC2 => {
+                progressive = marker == 0xC2;
+                if seg.len() < 6 || !comps.is_empty() {
+                    return unsupported("bad or repeated frame header");
+                }
                 if seg[0] != 8 {
                     return unsupported(format!("{}-bit samples", seg[0]));
                 }
@@ -484,6 +499,9 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                 let n = seg[5] as usize;
                 if n != 1 && n != 3 {
                     return unsupported(format!("{n} components"));
+                }
+                if seg.len() < 6 + 3 * n {
+                    return unsupported("truncated frame header");
                 }
                 if width == 0 || height == 0 {
                     return unsupported("zero or deferred image size");
@@ -498,6 +516,7 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                         bw: 0,
                         bh: 0,
                         pixels: Vec::new(),
+                        coefs: Vec::new(),
                         dc_table: 0,
                         ac_table: 0,
                     });
@@ -512,24 +531,38 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                 }
                 let mcux = width.div_ceil(8 * hmax);
                 let mcuy = height.div_ceil(8 * vmax);
+                // Every block costs at least a bit or two of entropy data: a header claiming
+                // more blocks than the file could hold is corrupt (and must not allocate).
+                let blocks: usize = comps.iter().map(|c| mcux * c.h * mcuy * c.v).sum();
+                if blocks > 8 * data.len() + 4096 {
+                    return unsupported("frame larger than the file can hold");
+                }
                 for c in &mut comps {
                     c.bw = mcux * c.h;
                     c.bh = mcuy * c.v;
                     c.pixels = vec![0; c.bw * 8 * c.bh * 8];
+                    if progressive {
+                        c.coefs = vec![0; c.bw * c.bh * 64];
+                    }
                 }
             }
-            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 return unsupported(format!(
-                    "SOF marker {marker:#04x} (progressive/lossless/arithmetic)"
+                    "SOF marker {marker:#04x} (lossless/hierarchical/arithmetic)"
                 ));
             }
-            0xDD => restart_interval = u16::from_be_bytes([seg[0], seg[1]]) as usize,
+            0xDD if seg.len() >= 2 => {
+                restart_interval = u16::from_be_bytes([seg[0], seg[1]]) as usize
+            }
             0xEE if seg.len() >= 12 && &seg[..5] == b"Adobe" => adobe_transform = Some(seg[11]),
             0xDA => {
                 if comps.is_empty() {
                     return unsupported("scan before frame header");
                 }
-                let ns = seg[0] as usize;
+                let ns = seg.first().copied().unwrap_or(0) as usize;
+                if ns == 0 || seg.len() < 1 + 2 * ns + 3 {
+                    return unsupported("bad scan header");
+                }
                 let mut scan = Vec::with_capacity(ns);
                 for i in 0..ns {
                     let (cid, t) = (seg[1 + 2 * i], seg[2 + 2 * i]);
@@ -541,16 +574,36 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                     comps[ci].ac_table = (t & 15) as usize & 3;
                     scan.push(ci);
                 }
-                let end = decode_scan(
-                    &data[pos..],
-                    &mut comps,
-                    &scan,
-                    &qt,
-                    &dc_tables,
-                    &ac_tables,
-                    restart_interval,
-                    (width, height, hmax, vmax),
-                )?;
+                let end = if progressive {
+                    let sel = &seg[1 + 2 * ns..];
+                    let spectral = (
+                        sel[0] as usize,
+                        sel[1] as usize,
+                        (sel[2] >> 4) as u32,
+                        (sel[2] & 15) as u32,
+                    );
+                    decode_progressive_scan(
+                        &data[pos..],
+                        &mut comps,
+                        &scan,
+                        &dc_tables,
+                        &ac_tables,
+                        restart_interval,
+                        (width, height, hmax, vmax),
+                        spectral,
+                    )?
+                } else {
+                    decode_scan(
+                        &data[pos..],
+                        &mut comps,
+                        &scan,
+                        &qt,
+                        &dc_tables,
+                        &ac_tables,
+                        restart_interval,
+                        (width, height, hmax, vmax),
+                    )?
+                };
                 pos += end;
                 decoded_any = true;
             }
@@ -562,6 +615,21 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
     }
     if comps.len() == 3 && adobe_transform == Some(0) {
         return unsupported("RGB (untransformed) JPEG");
+    }
+    if progressive {
+        // Quantization tables as they stand at the end of the file (libjpeg latches them at
+        // each component's first scan; files do not redefine them in between in practice).
+        for c in &mut comps {
+            let stride = c.bw * 8;
+            let q = qt[c.tq];
+            for by in 0..c.bh {
+                for bx in 0..c.bw {
+                    let i = (by * c.bw + bx) * 64;
+                    let coef: &[i32; 64] = c.coefs[i..i + 64].try_into().unwrap();
+                    idct_islow(coef, &q, &mut c.pixels[by * 8 * stride + bx * 8..], stride);
+                }
+            }
+        }
     }
     // Upsample each component to full resolution over its real (not padded) extent.
     let planes: Vec<Vec<u8>> = comps
@@ -607,6 +675,7 @@ fn decode_scan(
         pos: 0,
         acc: 0,
         n: 0,
+        exhausted: false,
     };
     let mut pred = vec![0i32; comps.len()];
     // One component alone is coded block by block over its own extent, not by MCU.
@@ -645,6 +714,9 @@ fn decode_scan(
                             .ok_or_else(|| Unsupported("missing AC table".into()))?;
                         coef.fill(0);
                         let t = bits.decode(dct)? as u32;
+                        if t > 16 {
+                            return unsupported("corrupt DC code");
+                        }
                         let diff = extend(bits.bits(t), t);
                         pred[ci] += diff;
                         coef[0] = pred[ci];
@@ -682,6 +754,206 @@ fn decode_scan(
             }
         }
     }
-    // Bytes consumed: back up over bytes buffered but not used (they precede a marker).
+    if bits.exhausted {
+        return unsupported("truncated entropy-coded data");
+    }
     Ok(bits.pos)
+}
+
+/// One scan of a progressive file (jdphuff.c): DC first/refine, AC first/refine with EOB
+/// runs. Coefficients accumulate in each component's `coefs`.
+#[allow(clippy::too_many_arguments)]
+fn decode_progressive_scan(
+    data: &[u8],
+    comps: &mut [Component],
+    scan: &[usize],
+    dc: &[Option<Huffman>; 4],
+    ac: &[Option<Huffman>; 4],
+    restart_interval: usize,
+    (width, height, hmax, vmax): (usize, usize, usize, usize),
+    (ss, se, ah, al): (usize, usize, u32, u32),
+) -> Result<usize, Unsupported> {
+    if se > 63 || ss > se || (ss == 0 && se != 0) || (ss > 0 && scan.len() != 1) {
+        return unsupported("invalid progressive scan parameters");
+    }
+    let mut bits = Bits {
+        data,
+        pos: 0,
+        acc: 0,
+        n: 0,
+        exhausted: false,
+    };
+    let mut pred = vec![0i32; comps.len()];
+    let mut eobrun = 0u32;
+    let (mcux, mcuy) = if scan.len() == 1 {
+        let c = &comps[scan[0]];
+        (
+            (width * c.h).div_ceil(hmax).div_ceil(8),
+            (height * c.v).div_ceil(vmax).div_ceil(8),
+        )
+    } else {
+        (width.div_ceil(8 * hmax), height.div_ceil(8 * vmax))
+    };
+    let mut mcu = 0usize;
+    for my in 0..mcuy {
+        for mx in 0..mcux {
+            if restart_interval > 0 && mcu > 0 && mcu.is_multiple_of(restart_interval) {
+                bits.restart();
+                pred.iter_mut().for_each(|p| *p = 0);
+                eobrun = 0;
+            }
+            mcu += 1;
+            for &ci in scan {
+                let (bh, bv) = if scan.len() == 1 {
+                    (1, 1)
+                } else {
+                    (comps[ci].h, comps[ci].v)
+                };
+                for by in 0..bv {
+                    for bx in 0..bh {
+                        let c = &mut comps[ci];
+                        let (x, y) = if scan.len() == 1 {
+                            (mx, my)
+                        } else {
+                            (mx * c.h + bx, my * c.v + by)
+                        };
+                        let i = (y * c.bw + x) * 64;
+                        let blk = &mut c.coefs[i..i + 64];
+                        if ss == 0 {
+                            if ah == 0 {
+                                let h = dc[c.dc_table]
+                                    .as_ref()
+                                    .ok_or_else(|| Unsupported("missing DC table".into()))?;
+                                let t = bits.decode(h)? as u32;
+                                if t > 16 {
+                                    return unsupported("corrupt DC code");
+                                }
+                                pred[ci] += extend(bits.bits(t), t);
+                                blk[0] = pred[ci] << al;
+                            } else if bits.bit() == 1 {
+                                blk[0] |= 1 << al;
+                            }
+                            continue;
+                        }
+                        let h = ac[c.ac_table]
+                            .as_ref()
+                            .ok_or_else(|| Unsupported("missing AC table".into()))?;
+                        if ah == 0 {
+                            ac_first(&mut bits, h, blk, ss, se, al, &mut eobrun)?;
+                        } else {
+                            ac_refine(&mut bits, h, blk, ss, se, al, &mut eobrun)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if bits.exhausted {
+        return unsupported("truncated entropy-coded data");
+    }
+    Ok(bits.pos)
+}
+
+fn ac_first(
+    bits: &mut Bits<'_>,
+    h: &Huffman,
+    blk: &mut [i32],
+    ss: usize,
+    se: usize,
+    al: u32,
+    eobrun: &mut u32,
+) -> Result<(), Unsupported> {
+    if *eobrun > 0 {
+        *eobrun -= 1;
+        return Ok(());
+    }
+    let mut k = ss;
+    while k <= se {
+        let rs = bits.decode(h)?;
+        let (r, s) = ((rs >> 4) as u32, (rs & 15) as u32);
+        if s != 0 {
+            k += r as usize;
+            if k > 63 {
+                return unsupported("corrupt AC run");
+            }
+            blk[ZIGZAG[k]] = extend(bits.bits(s), s) << al;
+        } else if r == 15 {
+            k += 15;
+        } else {
+            *eobrun = (1 << r) + bits.bits(r) - 1;
+            break;
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
+fn ac_refine(
+    bits: &mut Bits<'_>,
+    h: &Huffman,
+    blk: &mut [i32],
+    ss: usize,
+    se: usize,
+    al: u32,
+    eobrun: &mut u32,
+) -> Result<(), Unsupported> {
+    let p1 = 1i32 << al;
+    let m1 = -1i32 << al;
+    // A correction bit for a coefficient already nonzero: move it away from zero.
+    let correct = |bits: &mut Bits<'_>, v: &mut i32| {
+        if bits.bit() == 1 && (*v & p1) == 0 {
+            *v += if *v >= 0 { p1 } else { m1 };
+        }
+    };
+    let mut k = ss;
+    if *eobrun == 0 {
+        while k <= se {
+            let rs = bits.decode(h)?;
+            let (mut r, s) = ((rs >> 4) as i32, (rs & 15) as u32);
+            let mut value = 0;
+            if s != 0 {
+                if s != 1 {
+                    return unsupported("corrupt refinement");
+                }
+                value = if bits.bit() == 1 { p1 } else { m1 };
+            } else if r != 15 {
+                *eobrun = 1 << r;
+                if r > 0 {
+                    *eobrun += bits.bits(r as u32);
+                }
+                break;
+            }
+            // Skip r zero-history coefficients, refining the nonzero ones on the way.
+            while k <= se {
+                let z = ZIGZAG[k];
+                if blk[z] != 0 {
+                    correct(bits, &mut blk[z]);
+                } else {
+                    r -= 1;
+                    if r < 0 {
+                        break;
+                    }
+                }
+                k += 1;
+            }
+            if value != 0 {
+                if k > 63 {
+                    return unsupported("corrupt refinement run");
+                }
+                blk[ZIGZAG[k]] = value;
+            }
+            k += 1;
+        }
+    }
+    if *eobrun > 0 {
+        while k <= se {
+            let z = ZIGZAG[k];
+            if blk[z] != 0 {
+                correct(bits, &mut blk[z]);
+            }
+            k += 1;
+        }
+        *eobrun -= 1;
+    }
+    Ok(())
 }

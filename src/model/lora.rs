@@ -148,11 +148,15 @@ impl<B: Backend> FrozenLinear<B> {
                 Some(Arc::new(Nf4Tensor::quantize(weight, &[d_out, d_in], cfg))),
             ),
             None => {
-                let w = Tensor::<B, 2>::from_data(
-                    TensorData::new(weight.to_vec(), [d_out, d_in]),
-                    device,
-                );
-                (Some(w.transpose()), None)
+                // Transposed once here, so the forward reads a contiguous [in, out].
+                let mut t = vec![0f32; weight.len()];
+                for (o, row) in weight.chunks_exact(d_in).enumerate() {
+                    for (i, &v) in row.iter().enumerate() {
+                        t[i * d_out + o] = v;
+                    }
+                }
+                let w = Tensor::<B, 2>::from_data(TensorData::new(t, [d_in, d_out]), device);
+                (Some(w), None)
             }
         };
         Self {

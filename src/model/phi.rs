@@ -175,6 +175,18 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Reorders (and repeats) batch rows: row `i` afterwards is row `rows[i]` before. Beam
+    /// search keeps each surviving beam's keys and values this way.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let device = k.device();
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx);
+        }
+    }
 }
 
 #[derive(Module, Debug)]

@@ -212,6 +212,7 @@ impl Chart {
                 if self.lines.iter().any(|l| l.label.is_some()) {
                     chart
                         .configure_series_labels()
+                        .legend_area_size(px(26.0))
                         .label_font(font(14.0))
                         .background_style(WHITE.mix(0.85))
                         .border_style(RGBColor(180, 180, 180))
@@ -302,6 +303,7 @@ impl Chart {
         if self.lines.iter().any(|l| l.label.is_some()) {
             chart
                 .configure_series_labels()
+                .legend_area_size(px(26.0))
                 .label_font(font(14.0))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
@@ -327,11 +329,25 @@ pub fn tick(v: f64) -> String {
         // Two decimals: ticks of a narrow range (an lr near 1e-3) stay distinct.
         format!("{v:.2e}")
     } else if a >= 1e4 {
-        format!("{:.1}k", v / 1e3)
+        format!("{:.1}", v / 1e3).trim_end_matches(".0").to_string() + "k"
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else {
         let s = format!("{v:.3}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn ticks_are_compact_and_distinct() {
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(0.25), "0.25");
+        assert_eq!(tick(20_000.0), "20k");
+        assert_eq!(tick(12_500.0), "12.5k");
+        assert_ne!(tick(1.0e-3), tick(1.02e-3));
     }
 }

@@ -9,6 +9,8 @@ mod data_inspect;
 mod data_loaders;
 mod data_sequence;
 mod data_synth;
+mod eval_captions;
+mod eval_generate;
 mod model_errors;
 mod model_parity;
 mod model_vlm;

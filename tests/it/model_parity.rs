@@ -347,3 +347,24 @@ fn model_phi_greedy_generation_uses_the_cache_correctly() {
     let stop = lm.generate_greedy(emb, 6, Some(want[1]));
     assert_eq!(stop, want[..2].to_vec());
 }
+
+#[test]
+fn model_jpeg_decoder_survives_corrupt_files() {
+    // Truncated and bit-flipped JPEGs must give an error or an image, never a panic.
+    for name in ["photo420.jpg", "progressive.jpg", "photo422.jpg"] {
+        let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+        for cut in (0..bytes.len()).step_by(7) {
+            let _ = harness::model::jpeg::decode_rgb(&bytes[..cut]);
+        }
+        let mut rng = 12345u64;
+        for _ in 0..300 {
+            let mut b = bytes.clone();
+            for _ in 0..3 {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let i = (rng >> 33) as usize % b.len();
+                b[i] ^= 1 << ((rng >> 29) & 7);
+            }
+            let _ = harness::model::jpeg::decode_rgb(&b);
+        }
+    }
+}

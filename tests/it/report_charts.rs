@@ -5,6 +5,8 @@ use harness::report::chart::{self, Chart, Line, LineKind};
 use harness::report::figures::{self, ChartOptions};
 use harness::report::series::{self, Smoothing};
 
+use crate::common::{experiment, harness, write};
+
 fn chart(title: &str, lines: Vec<Line>) -> Chart {
     Chart {
         id: "t".into(),
@@ -79,18 +81,31 @@ fn no_system_font_library_is_linked() {
 
 #[test]
 fn charts_render_in_a_process_without_fonts() {
-    // Point every font lookup the process could make at nothing, then render.
+    // A real run, then its report drawn by a process whose every font lookup points at
+    // nothing: only the embedded font can be drawing the text.
     let d = tempfile::tempdir().unwrap();
     let results = d.path().join("results");
-    std::fs::create_dir_all(&results).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
-        .current_dir(d.path())
-        .env("HARNESS_RESULTS", &results)
+    let exp = write(
+        d.path(),
+        "e.toml",
+        &experiment("nofonts", "[stage1]\nmax_steps = 30\n"),
+    );
+    let run = harness(d.path(), &results)
+        .arg("run")
+        .arg(&exp)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = harness(d.path(), &results)
         .env("FONTCONFIG_FILE", "/nonexistent/fonts.conf")
         .env("FONTCONFIG_PATH", "/nonexistent")
         .env("XDG_DATA_DIRS", "/nonexistent")
         .env("HOME", d.path())
-        .arg("report")
+        .args(["report", "nofonts"])
         .output()
         .unwrap();
     assert!(
@@ -98,7 +113,11 @@ fn charts_render_in_a_process_without_fonts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(d.path().join("reports/index.html").exists());
+    let report = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let png = report.parent().unwrap().join("charts/stage1-loss.png");
+    let img = image::open(&png).unwrap().to_rgb8();
+    // Glyphs of the title and axis labels: dark pixels in the caption band.
+    assert!(dark_pixels(img.width(), img.as_raw(), 0..50) > 500);
 }
 
 #[test]

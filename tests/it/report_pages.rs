@@ -497,3 +497,25 @@ fn cli_report_and_compare_print_paths() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run matches \"nope\""));
 }
+
+#[test]
+fn a_run_that_failed_before_any_metric_still_gets_a_report() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, ia, _) = two_runs(d.path());
+    std::fs::remove_dir_all(store.run_dir(&ia).join("metrics")).unwrap();
+    std::fs::remove_file(store.run_dir(&ia).join("samples.json")).unwrap();
+    fail(&store, &ia, "no data: <b>bold</b>");
+    let doc = parse(&report::write_run_report(&store, &ia).unwrap());
+    assert_eq!(texts(&doc, "p.err"), ["Error: no data: <b>bold</b>"]);
+    assert_eq!(doc.select(&sel("figure.chart")).count(), 0);
+    let page = doc.root_element().text().collect::<String>();
+    assert!(page.contains("No metrics to draw yet") && page.contains("No sample outputs"));
+    assert!(
+        std::fs::read_dir(store.run_dir(&ia).join("charts"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "stale PNGs removed"
+    );
+    assert_no_injection(&doc);
+}

@@ -1,0 +1,162 @@
+//! Step-time benchmark: stage-1 and stage-2 optimizer steps on a named size, with random
+//! weights and data, timed the way `scripts/bench_torch.py` times PyTorch on the same
+//! sizes (`scripts/bench.sh` runs both and prints the ratio). Times are measured here,
+//! never asserted in tests.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Train;
+use crate::data::batch::LlavaBatch;
+use crate::model::phi::{Phi, PhiConfig};
+use crate::model::projector::{Projector, ProjectorConfig};
+use crate::train::{forward, grads, loss::masked_lm_loss, peak_rss_bytes};
+
+/// The sizes of one benchmark (a TOML file or flags; `scripts/bench_torch.py` reads the same
+/// file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct BenchConfig {
+    #[arg(long, default_value_t = 256)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 0.4)]
+    pub partial_rotary: f64,
+    #[arg(long, default_value_t = 1024)]
+    pub mlp: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 64)]
+    pub image_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    pub image_dim: usize,
+    /// Text tokens after the image.
+    #[arg(long, default_value_t = 64)]
+    pub text_len: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2)]
+    pub projector_depth: usize,
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// Timed steps (after `warmup` untimed ones).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            d_model: 256,
+            layers: 4,
+            heads: 8,
+            partial_rotary: 0.4,
+            mlp: 1024,
+            vocab: 4096,
+            image_tokens: 64,
+            image_dim: 256,
+            text_len: 64,
+            batch: 8,
+            projector_depth: 2,
+            lora_rank: 16,
+            steps: 10,
+            warmup: 2,
+        }
+    }
+}
+
+impl BenchConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a benchmark config", path.display()))
+    }
+
+    fn phi(&self) -> PhiConfig {
+        PhiConfig::new(self.vocab, self.d_model, self.mlp, self.layers, self.heads, self.heads)
+            .with_partial_rotary_factor(self.partial_rotary)
+    }
+}
+
+/// Median and mean step time of one stage, and the process's peak memory after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub median_ms: f64,
+    pub mean_ms: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_bytes: f64,
+}
+
+fn batch<B: Backend>(c: &BenchConfig, device: &B::Device) -> LlavaBatch<B> {
+    let len = c.image_tokens + c.text_len;
+    let mut ids = vec![0i64; c.batch * len];
+    let mut labels = vec![-100i64; c.batch * len];
+    for r in 0..c.batch {
+        for t in c.image_tokens..len {
+            let v = ((r * 7919 + t * 104_729) % c.vocab) as i64;
+            ids[r * len + t] = v;
+            labels[r * len + t] = v;
+        }
+    }
+    let t = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [c.batch, len]), device);
+    LlavaBatch {
+        input_ids: t(ids),
+        labels: t(labels),
+        attention_mask: t(vec![1; c.batch * len]),
+        image_features: Tensor::random(
+            [c.batch, c.image_tokens, c.image_dim],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
+        ),
+        image_start: vec![Some(0); c.batch],
+        ids: vec![String::new(); c.batch],
+        lengths: vec![len; c.batch],
+        target_tokens: c.batch * c.text_len,
+    }
+}
+
+/// Times stage-1 steps: frozen LM, projector trained with AdamW and clipping.
+pub fn stage1(c: &BenchConfig) -> StageTiming {
+    let device = crate::backend::device(0);
+    <Train as Backend>::seed(&device, 0);
+    let lm: Phi<Train> = c.phi().init(&device).no_grad();
+    let mut projector: Projector<Train> =
+        ProjectorConfig::new(c.image_dim, c.d_model).with_depth(c.projector_depth).init(&device);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<Train, Projector<Train>>();
+    let b = batch::<Train>(c, &device);
+    let mut times = vec![];
+    for i in 0..c.warmup + c.steps {
+        let t = Instant::now();
+        let (loss, _) = masked_lm_loss(forward(&projector, &lm, &b), b.labels.clone());
+        let mut g = GradientsParams::from_grads(loss.backward(), &projector);
+        grads::clip_global_norm::<Train, _>(&projector, &mut g, 1.0);
+        projector = optim.step(1e-4, projector, g);
+        // Wait for the device: the step ends when its results exist.
+        let _ = projector.input.weight.val().into_data();
+        if i >= c.warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    timing("stage1", c, times)
+}
+
+fn timing(stage: &str, c: &BenchConfig, mut times: Vec<f64>) -> StageTiming {
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    StageTiming {
+        stage: stage.into(),
+        median_ms: median,
+        mean_ms: times.iter().sum::<f64>() / times.len() as f64,
+        tokens_per_s: (c.batch * (c.image_tokens + c.text_len)) as f64 / (median / 1e3),
+        peak_rss_bytes: peak_rss_bytes(),
+    }
+}

@@ -1,0 +1,21 @@
+//! Evaluation: COCO caption metrics equal to pycocoevalcap, generation with the KV cache,
+//! and QA exact match.
+//!
+//! - [`captions`]: BLEU-1..4, ROUGE-L, CIDEr-D ([`score`] on tokenized text, [`score_raw`]
+//!   after [`ptb::tokenize`]); METEOR and SPICE are not implemented.
+//! - [`coco_files`]: the COCO results / annotation files behind `harness eval captions`.
+//! - [`generate`]: greedy, beam search and top-p sampling from prompt embeddings.
+//! - [`infer`]: captions and answers for CLIP features (projector + splice + generate).
+//! - [`qa`]: exact-match accuracy per question type.
+
+pub mod captions;
+pub mod coco_files;
+pub mod generate;
+pub mod infer;
+pub mod ptb;
+pub mod qa;
+
+pub use captions::{score, score_raw, CaptionScores};
+pub use generate::{generate, Decoding, GenerateOptions, Generated};
+pub use infer::{answer_questions, caption_images, generate_for_images, PromptLayout};
+pub use qa::{normalize_answer, qa_exact_match, QaAccuracy};
