@@ -12,7 +12,9 @@ Everything is seeded, so rerunning rewrites the same files. The Rust tests
 The reference is bitsandbytes itself (`bitsandbytes.functional.quantize_4bit` /
 `dequantize_4bit`, quant_type "nf4", blocksize 64), run on the CPU, not a re-implementation.
 On the CPU, bitsandbytes quantizes 4-bit with its torch "default" kernel and quantizes the
-absmax statistics (double quantization) with its C++ CPU kernel.
+absmax statistics (double quantization) with its C++ CPU kernel, which since 0.50 snaps values
+to a 65536-point grid before looking up the 8-bit code, so it does not always pick the nearest
+code (the CUDA kernel does). The Rust side reproduces both (`DqRounding::CpuLut` / `Nearest`).
 
 tests/fixtures/nf4/input.safetensors, the tensors to quantize (row-major, like a checkpoint):
   edge  [16, 64] f32   hand-made blocks: random, all zero, exact midpoint ties at absmax 1
@@ -152,8 +154,10 @@ def main():
         rel = float(((deq2 - deq).abs() / deq.abs().amax()).max())
         print(f"  double quant: max |deq2 - deq| / max|deq| = {rel:.3e}")
     save_file({k: v.contiguous() for k, v in inputs.items()}, os.path.join(OUT, "input.safetensors"))
-    save_file(ref, os.path.join(OUT, "bnb.safetensors"), metadata={
-        "bitsandbytes": bitsandbytes.__version__, "torch": torch.__version__})
+    # One metadata key: safetensors writes a map's keys in random order, and reruns should
+    # reproduce the file byte for byte.
+    made_by = f"bitsandbytes {bitsandbytes.__version__}, torch {torch.__version__}"
+    save_file(ref, os.path.join(OUT, "bnb.safetensors"), metadata={"reference": made_by})
     print(f"wrote {OUT} (bitsandbytes {bitsandbytes.__version__}, torch {torch.__version__})")
 
 

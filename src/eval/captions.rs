@@ -279,7 +279,10 @@ mod tests {
 
     #[test]
     fn identical_caption_scores_one_on_bleu_and_rouge() {
-        let s = one("a red square on a blue circle", &["a red square on a blue circle"]);
+        let s = one(
+            "a red square on a blue circle",
+            &["a red square on a blue circle"],
+        );
         for b in s.bleu {
             assert!((b - 1.0).abs() < 1e-9, "{b}");
         }

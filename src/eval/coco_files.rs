@@ -25,10 +25,12 @@ fn record(path: &Path, i: usize, r: &Value) -> Result<(u64, String)> {
         .get("image_id")
         .and_then(Value::as_u64)
         .with_context(|| format!("{}: missing or non-integer \"image_id\"", at()))?;
-    let caption = r
-        .get("caption")
-        .and_then(Value::as_str)
-        .with_context(|| format!("{} (image_id {id}): missing or non-string \"caption\"", at()))?;
+    let caption = r.get("caption").and_then(Value::as_str).with_context(|| {
+        format!(
+            "{} (image_id {id}): missing or non-string \"caption\"",
+            at()
+        )
+    })?;
     Ok((id, caption.to_string()))
 }
 
@@ -59,7 +61,10 @@ pub fn load_results(path: &Path) -> Result<BTreeMap<u64, String>> {
 pub fn load_references(path: &Path) -> Result<BTreeMap<u64, Vec<String>>> {
     let v = read(path)?;
     let Some(list) = v.get("annotations").and_then(Value::as_array) else {
-        bail!("{}: no \"annotations\" list (expected a COCO captions file)", path.display());
+        bail!(
+            "{}: no \"annotations\" list (expected a COCO captions file)",
+            path.display()
+        );
     };
     let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for (i, r) in list.iter().enumerate() {
@@ -82,6 +87,11 @@ pub fn evaluate_files(results: &Path, annotations: &Path) -> Result<CaptionScore
             annotations.display()
         );
     }
-    score_raw(&preds, &refs)
-        .with_context(|| format!("scoring {} against {}", results.display(), annotations.display()))
+    score_raw(&preds, &refs).with_context(|| {
+        format!(
+            "scoring {} against {}",
+            results.display(),
+            annotations.display()
+        )
+    })
 }

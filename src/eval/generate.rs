@@ -27,8 +27,15 @@ use crate::model::phi::{KvCache, Phi};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoding {
     Greedy,
-    Beam { width: usize, length_penalty: f64 },
-    Sample { temperature: f64, top_p: f64, seed: u64 },
+    Beam {
+        width: usize,
+        length_penalty: f64,
+    },
+    Sample {
+        temperature: f64,
+        top_p: f64,
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,7 +146,8 @@ impl<'a, B: Backend> Stepper<'a, B> {
             None => {
                 let device = self.seq.device();
                 let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+                let idx =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
                 self.seq = self.seq.clone().select(0, idx);
             }
         }
@@ -211,7 +219,11 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> usize 
 }
 
 /// Greedy or sampling for all rows at once.
-fn batched<B: Backend>(lm: &Phi<B>, prompts: Tensor<B, 3>, opts: &GenerateOptions) -> Vec<Generated> {
+fn batched<B: Backend>(
+    lm: &Phi<B>,
+    prompts: Tensor<B, 3>,
+    opts: &GenerateOptions,
+) -> Vec<Generated> {
     let rows = prompts.dims()[0];
     let mut out = vec![
         Generated {
@@ -324,7 +336,9 @@ fn beam_search<B: Backend>(
         let last = step + 1 == opts.max_new_tokens;
         if finished.len() >= width {
             let worst = finished.last().map_or(f64::NEG_INFINITY, |f| f.0);
-            let best_running = running.first().map_or(f64::NEG_INFINITY, |b| norm(b.sum, len));
+            let best_running = running
+                .first()
+                .map_or(f64::NEG_INFINITY, |b| norm(b.sum, len));
             if best_running <= worst {
                 search_done = true;
             }

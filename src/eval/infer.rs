@@ -91,7 +91,8 @@ pub fn generate_for_images<B: Backend>(
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [chunk.len(), len]), &device);
+            let ids =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [chunk.len(), len]), &device);
             let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [chunk.len()]), &device);
             let feats = features.clone().select(0, idx);
@@ -104,7 +105,9 @@ pub fn generate_for_images<B: Backend>(
             }
         }
     }
-    out.into_iter().map(|g| g.expect("every image generated")).collect()
+    out.into_iter()
+        .map(|g| g.expect("every image generated"))
+        .collect()
 }
 
 /// Decoded text of a generation: eos dropped, special tokens skipped, whitespace trimmed.

@@ -25,9 +25,28 @@
 fn is_edge_punct(c: char) -> bool {
     matches!(
         c,
-        '.' | ',' | '!' | '?' | ';' | ':' | '"' | '\'' | '`' | '(' | ')' | '[' | ']' | '{'
-            | '}' | '-' | '\u{2018}' | '\u{2019}' | '\u{201c}' | '\u{201d}' | '\u{2013}'
-            | '\u{2014}' | '\u{2026}'
+        '.' | ','
+            | '!'
+            | '?'
+            | ';'
+            | ':'
+            | '"'
+            | '\''
+            | '`'
+            | '('
+            | ')'
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '-'
+            | '\u{2018}'
+            | '\u{2019}'
+            | '\u{201c}'
+            | '\u{201d}'
+            | '\u{2013}'
+            | '\u{2014}'
+            | '\u{2026}'
     )
 }
 
@@ -126,11 +145,20 @@ mod tests {
     #[test]
     fn matches_ptb_output_on_typical_captions() {
         let cases = [
-            ("A man riding a wave on top of a surfboard.", "a man riding a wave on top of a surfboard"),
-            ("Two dogs, one black-and-white, play!", "two dogs one black-and-white play"),
+            (
+                "A man riding a wave on top of a surfboard.",
+                "a man riding a wave on top of a surfboard",
+            ),
+            (
+                "Two dogs, one black-and-white, play!",
+                "two dogs one black-and-white play",
+            ),
             ("The man's hat isn't red.", "the man 's hat is n't red"),
             ("A \"big\" cat (orange) sits...", "a big cat orange sits"),
-            ("It costs $5, about 50% off at 12:30", "it costs $ 5 about 50 % off at 12:30"),
+            (
+                "It costs $5, about 50% off at 12:30",
+                "it costs $ 5 about 50 % off at 12:30",
+            ),
             ("1,000 birds in the U.S.", "1,000 birds in the u.s."),
             ("  Line one\nline - two  ", "line one line two"),
             ("the dogs' bowls", "the dogs bowls"),

@@ -486,7 +486,7 @@ pub fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, Unsupported> {
                     s = &s[17 + n..];
                 }
             }
-            0xC0 | 0xC1 | 0xC2 => {
+            0xC0..=0xC2 => {
                 progressive = marker == 0xC2;
                 if seg.len() < 6 || !comps.is_empty() {
                     return unsupported("bad or repeated frame header");

@@ -30,9 +30,10 @@ impl Default for ChartOptions {
 /// (validation, evaluation) as lines with markers.
 const DENSE: usize = 20;
 
-/// Counters (skipped samples, truncations) go to tables, not charts.
-pub fn is_count(metric: &str) -> bool {
-    metric.starts_with("skipped") || metric.starts_with("truncated")
+/// Counters (skipped samples, truncations) and the data statistics a stage logs once
+/// (split `data`: sequences, truncated_tokens, ...) go to tables, not charts.
+pub fn is_count(c: &Curve) -> bool {
+    c.split == "data" || c.metric.starts_with("skipped") || c.metric.starts_with("truncated")
 }
 
 /// Metrics drawn on one chart in a run report: `lr` with `lr/projector`, `lr/lora`; the
@@ -202,7 +203,7 @@ pub fn build(id: &str, title: &str, family: &str, members: &[Member], o: &ChartO
 /// (train raw + smoothed, validation and evaluation with markers).
 pub fn run_charts(curves: &[Curve], o: &ChartOptions) -> Vec<Chart> {
     let mut groups: BTreeMap<(String, usize, String), Vec<&Curve>> = BTreeMap::new();
-    for c in curves.iter().filter(|c| !is_count(&c.metric)) {
+    for c in curves.iter().filter(|c| !is_count(c)) {
         let fam = family(&c.metric).to_string();
         groups
             .entry((c.stage.clone(), rank(&fam), fam))
@@ -246,7 +247,7 @@ pub fn compare_charts(runs: &[(String, &[Curve])], o: &ChartOptions) -> Vec<Char
     // Key: stage, family rank, split, metric (a family when drawn as bars).
     let mut groups: BTreeMap<(String, usize, String, String), Vec<Member>> = BTreeMap::new();
     for (i, (label, curves)) in runs.iter().enumerate() {
-        for c in curves.iter().filter(|c| !is_count(&c.metric)) {
+        for c in curves.iter().filter(|c| !is_count(c)) {
             let fam = family(&c.metric);
             let sparse_eval = c.split == "eval" && c.points.len() <= 1;
             let name = if sparse_eval {

@@ -22,7 +22,7 @@ pub fn write(store: &Store, id: &str, o: &ChartOptions) -> Result<PathBuf> {
          <h2>Curves</h2><p class=\"muted\">Faint: raw values (downsampled, extremes kept); \
          solid: smoothed ({smoothing}).</p>{charts}\
          <h2>Final metrics</h2>{metrics}\
-         <h2>Skipped and truncated</h2>{counts}\
+         <h2>Data: skipped and truncated</h2>{counts}\
          <h2>Samples</h2>{samples}\
          <h2>Provenance</h2>{prov}\
          <h2>Config</h2>{config}",

@@ -186,7 +186,7 @@ pub fn final_metrics(r: &RunData) -> String {
     let rows: Vec<String> = r
         .curves
         .iter()
-        .filter(|c| !is_count(&c.metric))
+        .filter(|c| !is_count(c))
         .filter_map(|c| {
             let (step, v) = c.last()?;
             Some(format!(
@@ -208,12 +208,13 @@ pub fn final_metrics(r: &RunData) -> String {
     )
 }
 
-/// Skipped samples and truncations: the last value logged (the counters are cumulative).
+/// Data statistics, skipped samples and truncations: the last value logged (counters
+/// are logged once per stage, or cumulatively).
 pub fn counts(r: &RunData) -> String {
     let rows: Vec<String> = r
         .curves
         .iter()
-        .filter(|c| is_count(&c.metric))
+        .filter(|c| is_count(c))
         .filter_map(|c| {
             let (step, v) = c.last()?;
             Some(format!(
@@ -226,7 +227,7 @@ pub fn counts(r: &RunData) -> String {
         })
         .collect();
     if rows.is_empty() {
-        return "<p class=\"muted\">No skipped or truncated samples recorded.</p>".into();
+        return "<p class=\"muted\">No data statistics, skips or truncations recorded.</p>".into();
     }
     table(
         "counts",

@@ -21,7 +21,10 @@ fn lists(v: &Value) -> BTreeMap<String, Vec<String>> {
         .iter()
         .map(|(k, v)| {
             let l = v.as_array().unwrap();
-            (k.clone(), l.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            (
+                k.clone(),
+                l.iter().map(|s| s.as_str().unwrap().to_string()).collect(),
+            )
         })
         .collect()
 }
@@ -32,17 +35,20 @@ fn eval_caption_metrics_equal_pycocoevalcap() {
     let cases: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = cases.as_array().unwrap();
     assert!(cases.len() >= 5);
+    let mut worst = 0.0f64;
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let got = score(&strings(&case["preds"]), &lists(&case["refs"])).unwrap();
         for (key, value) in got.named() {
             let want = case["scores"][key].as_f64().unwrap();
+            worst = worst.max((value - want).abs());
             assert!(
                 (value - want).abs() <= 1e-6,
                 "{name} {key}: ours {value} vs pycocoevalcap {want}"
             );
         }
     }
+    eprintln!("largest difference from pycocoevalcap: {worst:e}");
 }
 
 fn harness() -> std::process::Command {
@@ -75,11 +81,24 @@ fn eval_captions_cli_scores_coco_files() {
         .arg(&refs)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let p = BTreeMap::from([(1u64, "A red circle.".to_string()), (2, "Two blue squares!".into())]);
+    let p = BTreeMap::from([
+        (1u64, "A red circle.".to_string()),
+        (2, "Two blue squares!".into()),
+    ]);
     let r = BTreeMap::from([
-        (1u64, vec!["A red circle on white.".to_string(), "a big red circle".into()]),
+        (
+            1u64,
+            vec![
+                "A red circle on white.".to_string(),
+                "a big red circle".into(),
+            ],
+        ),
         (2, vec!["Two blue squares, side by side.".to_string()]),
     ]);
     let want = score_raw(&p, &r).unwrap();
@@ -95,10 +114,17 @@ fn eval_captions_cli_scores_coco_files() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("CIDEr") && text.contains("METEOR   not computed"), "{text}");
+    assert!(
+        text.contains("CIDEr") && text.contains("METEOR   not computed"),
+        "{text}"
+    );
 
     // A bad record is reported with its file and index.
-    std::fs::write(&pred, r#"[{"image_id": 1, "caption": "x"}, {"image_id": 2}]"#).unwrap();
+    std::fs::write(
+        &pred,
+        r#"[{"image_id": 1, "caption": "x"}, {"image_id": 2}]"#,
+    )
+    .unwrap();
     let out = harness()
         .args(["eval", "captions", "--pred"])
         .arg(&pred)
@@ -108,7 +134,10 @@ fn eval_captions_cli_scores_coco_files() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("results.json") && err.contains("record 1"), "{err}");
+    assert!(
+        err.contains("results.json") && err.contains("record 1"),
+        "{err}"
+    );
 
     // A prediction for an image without references.
     std::fs::write(&pred, r#"[{"image_id": 99, "caption": "x"}]"#).unwrap();

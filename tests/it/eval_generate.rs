@@ -4,9 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use harness::backend::Compute;
-use harness::eval::{
-    caption_images, generate, Decoding, GenerateOptions, PromptLayout,
-};
+use harness::eval::{caption_images, generate, Decoding, GenerateOptions, PromptLayout};
 use harness::model::phi::Phi;
 use harness::model::projector::ProjectorConfig;
 use harness::model::tokenizer::Tokenizer;
@@ -25,8 +23,14 @@ fn model() -> (Phi<B>, Tokenizer) {
 fn prompts(lm: &Phi<B>, tok: &Tokenizer, texts: &[&str]) -> Tensor<B, 3> {
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
     let t = ids.iter().map(Vec::len).min().unwrap();
-    let flat: Vec<i64> = ids.iter().flat_map(|r| r[..t].iter().map(|&x| x as i64)).collect();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [texts.len(), t]), &Default::default());
+    let flat: Vec<i64> = ids
+        .iter()
+        .flat_map(|r| r[..t].iter().map(|&x| x as i64))
+        .collect();
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(flat, [texts.len(), t]),
+        &Default::default(),
+    );
     lm.embed(ids)
 }
 
@@ -42,11 +46,22 @@ fn opts(decoding: Decoding, use_cache: bool, eos: Option<u32>) -> GenerateOption
 #[test]
 fn eval_kv_cache_equals_recomputation() {
     let (lm, tok) = model();
-    let p = prompts(&lm, &tok, &["a red circle", "two blue squares", "a small green"]);
+    let p = prompts(
+        &lm,
+        &tok,
+        &["a red circle", "two blue squares", "a small green"],
+    );
     for d in [
         Decoding::Greedy,
-        Decoding::Beam { width: 3, length_penalty: 1.0 },
-        Decoding::Sample { temperature: 1.0, top_p: 0.9, seed: 5 },
+        Decoding::Beam {
+            width: 3,
+            length_penalty: 1.0,
+        },
+        Decoding::Sample {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 5,
+        },
     ] {
         // No eos, so every row runs the full length and every step is compared.
         let cached = generate(&lm, p.clone(), &opts(d.clone(), true, None));
@@ -65,12 +80,23 @@ fn eval_kv_cache_equals_recomputation() {
 fn eval_beam_width_one_is_greedy_and_batching_changes_nothing() {
     let (lm, tok) = model();
     let eos = tok.eos_id;
-    let p = prompts(&lm, &tok, &["a red circle", "two blue squares", "a small green"]);
+    let p = prompts(
+        &lm,
+        &tok,
+        &["a red circle", "two blue squares", "a small green"],
+    );
     let greedy = generate(&lm, p.clone(), &opts(Decoding::Greedy, true, eos));
     let beam1 = generate(
         &lm,
         p.clone(),
-        &opts(Decoding::Beam { width: 1, length_penalty: 1.0 }, true, eos),
+        &opts(
+            Decoding::Beam {
+                width: 1,
+                length_penalty: 1.0,
+            },
+            true,
+            eos,
+        ),
     );
     // Beam search runs one prompt at a time, greedy the whole batch: the same tokens, and
     // log-probabilities equal up to batched-matmul rounding.
@@ -83,7 +109,11 @@ fn eval_beam_width_one_is_greedy_and_batching_changes_nothing() {
     // Each row alone gives what it gave in the batch.
     let [n, t, d] = p.dims();
     for r in 0..n {
-        let one = generate(&lm, p.clone().slice([r..r + 1, 0..t, 0..d]), &opts(Decoding::Greedy, true, eos));
+        let one = generate(
+            &lm,
+            p.clone().slice([r..r + 1, 0..t, 0..d]),
+            &opts(Decoding::Greedy, true, eos),
+        );
         assert_eq!(one[0].tokens, greedy[r].tokens);
     }
 }
@@ -92,11 +122,26 @@ fn eval_beam_width_one_is_greedy_and_batching_changes_nothing() {
 fn eval_sampling_is_deterministic_for_a_seed() {
     let (lm, tok) = model();
     let p = prompts(&lm, &tok, &["a red circle", "two blue squares"]);
-    let s = |seed, top_p| opts(Decoding::Sample { temperature: 1.5, top_p, seed }, true, None);
+    let s = |seed, top_p| {
+        opts(
+            Decoding::Sample {
+                temperature: 1.5,
+                top_p,
+                seed,
+            },
+            true,
+            None,
+        )
+    };
     let a = generate(&lm, p.clone(), &s(1, 1.0));
     assert_eq!(a, generate(&lm, p.clone(), &s(1, 1.0)));
-    let others: Vec<_> = (2..6).map(|seed| generate(&lm, p.clone(), &s(seed, 1.0))).collect();
-    assert!(others.iter().any(|o| o != &a), "different seeds should give different samples");
+    let others: Vec<_> = (2..6)
+        .map(|seed| generate(&lm, p.clone(), &s(seed, 1.0)))
+        .collect();
+    assert!(
+        others.iter().any(|o| o != &a),
+        "different seeds should give different samples"
+    );
     // A vanishing top-p keeps only the most probable token: greedy.
     let greedy = generate(&lm, p.clone(), &opts(Decoding::Greedy, true, None));
     let narrow = generate(&lm, p, &s(3, 1e-12));

@@ -360,7 +360,9 @@ fn model_jpeg_decoder_survives_corrupt_files() {
         for _ in 0..300 {
             let mut b = bytes.clone();
             for _ in 0..3 {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let i = (rng >> 33) as usize % b.len();
                 b[i] ^= 1 << ((rng >> 29) & 7);
             }

@@ -93,6 +93,10 @@ pub fn two_runs(dir: &Path) -> (Store, String, String) {
             .unwrap();
         w.log("stage2", "train", 30, 1.0, "truncated", 7.0 + k as f64)
             .unwrap();
+        // What training logs once per stage about its data.
+        w.log("stage2", "data", 0, 0.0, "sequences", 500.0).unwrap();
+        w.log("stage2", "data", 0, 0.0, "truncated_tokens", 12.0)
+            .unwrap();
         for (m, v) in [("Bleu_4", 0.2), ("CIDEr", 0.9), ("qa_acc", 0.5)] {
             w.log("stage2", "eval", 30, 1.0, m, v + k as f64 * 0.05)
                 .unwrap();
@@ -194,7 +198,7 @@ fn run_report_has_every_part_and_escapes() {
     }
     assert!(
         !ids.iter()
-            .any(|i| i.contains("skipped") || i.contains("truncated")),
+            .any(|i| i.contains("skipped") || i.contains("truncated") || i.contains("sequences")),
         "counts are tabled, not drawn"
     );
 
@@ -207,7 +211,9 @@ fn run_report_has_every_part_and_escapes() {
     );
     let counts = texts(&doc, "table.counts td").join("|");
     assert!(
-        counts.contains("skipped/too_long|30|3.0000") && counts.contains("truncated|30|7.0000"),
+        counts.contains("skipped/too_long|30|3.0000")
+            && counts.contains("truncated|30|7.0000")
+            && counts.contains("stage2|data|truncated_tokens|0|12.0000"),
         "{counts}"
     );
     let samples = texts(&doc, "table.samples td");
@@ -518,4 +524,19 @@ fn a_run_that_failed_before_any_metric_still_gets_a_report() {
         "stale PNGs removed"
     );
     assert_no_injection(&doc);
+}
+
+#[test]
+fn compare_of_three_runs_names_the_file_after_all_of_them() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, ia, ib) = two_runs(d.path());
+    // Names repeat (alpha twice), so labels fall back to ids.
+    let refs = [ia.clone(), ib.clone(), "alpha".to_string()];
+    let path = compare::write(&store, &refs, &CompareOptions::default()).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    assert_eq!(name, format!("compare-{ia}-vs-{ib}-vs-{ia}.html"));
+    let doc = parse(&path);
+    let header = texts(&doc, "table.metrics th");
+    assert_eq!(header.len(), 1 + 1 + 3 * 2, "{header:?}");
+    assert_eq!(texts(&doc, "table.runs tbody tr").len(), 3);
 }
