@@ -134,8 +134,8 @@ fn bleu(pairs: &[(&str, &[String])]) -> [f64; 4] {
             .map_or(0, |(_, l)| l);
         testlen += c.len();
         reflen += closest;
-        for k in 0..N {
-            guess[k] += (c.len() + 1).saturating_sub(k + 1);
+        for (k, g) in guess.iter_mut().enumerate() {
+            *g += c.len().saturating_sub(k);
         }
         for (g, n) in ngrams(&c) {
             correct[g.len() - 1] += n.min(max_ref.get(g).copied().unwrap_or(0));
@@ -249,7 +249,7 @@ fn cider(pairs: &[(&str, &[String])]) -> f64 {
             let r = tfidf(rc, &df, ref_len);
             let delta = h.length as f64 - r.length as f64;
             let penalty = (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
-            for n in 0..N {
+            for (n, s) in sum.iter_mut().enumerate() {
                 let mut val = 0.0;
                 for (g, &x) in &h.vec[n] {
                     let y = r.vec[n].get(g).copied().unwrap_or(0.0);
@@ -258,7 +258,7 @@ fn cider(pairs: &[(&str, &[String])]) -> f64 {
                 if h.norm[n] != 0.0 && r.norm[n] != 0.0 {
                     val /= h.norm[n] * r.norm[n];
                 }
-                sum[n] += val * penalty;
+                *s += val * penalty;
             }
         }
         let mean = sum.iter().sum::<f64>() / N as f64;

@@ -588,6 +588,31 @@ mod tests {
     }
 
     #[test]
+    fn nf4_threaded_quantize_equals_one_pass() {
+        // Above the threading threshold, odd length, partial last block.
+        let n = (1 << 20) + 4097;
+        let mut r = lcg(11);
+        let v: Vec<f32> = (0..n).map(|_| r() * 0.05).collect();
+        let q = Nf4Tensor::quantize(&v, &[n], &Nf4Config::default().with_double_quant(false));
+        let mut codes = vec![0u8; n.div_ceil(2)];
+        let mut absmax = vec![0f32; n.div_ceil(64)];
+        quantize_blocks(&v, &mut codes, &mut absmax, 64);
+        assert_eq!(q.codes, codes);
+        assert_eq!(q.scales, Nf4Scales::F32(absmax));
+        // The threaded dequantizer agrees with the per-element formula.
+        let d = q.dequantize();
+        let a = q.absmax();
+        for i in (0..n).step_by(997).chain([n - 1]) {
+            let c = if i % 2 == 0 {
+                codes[i / 2] >> 4
+            } else {
+                codes[i / 2] & 15
+            };
+            assert_eq!(d[i].to_bits(), (NF4_CODE[c as usize] * a[i / 64]).to_bits());
+        }
+    }
+
+    #[test]
     fn nf4_zero_blocks_and_signs() {
         let mut v = vec![0f32; 130];
         v[70] = -3.0;

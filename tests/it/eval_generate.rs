@@ -107,14 +107,14 @@ fn eval_beam_width_one_is_greedy_and_batching_changes_nothing() {
         }
     }
     // Each row alone gives what it gave in the batch.
-    let [n, t, d] = p.dims();
-    for r in 0..n {
+    let [_, t, d] = p.dims();
+    for (r, g) in greedy.iter().enumerate() {
         let one = generate(
             &lm,
             p.clone().slice([r..r + 1, 0..t, 0..d]),
             &opts(Decoding::Greedy, true, eos),
         );
-        assert_eq!(one[0].tokens, greedy[r].tokens);
+        assert_eq!(one[0].tokens, g.tokens);
     }
 }
 
@@ -169,4 +169,34 @@ fn eval_caption_images_batches_like_single_images() {
     assert_eq!(batched.len(), 5);
     assert_eq!(batched, single);
     assert!(batched.iter().all(|c| !c.contains("<|endoftext|>")));
+}
+
+#[test]
+fn eval_question_prompt_is_the_training_prompt() {
+    use harness::data::instruct::{Conversation, QaTurn};
+    use harness::data::sequence::{ChatTemplate, SequenceBuilder, IGNORE};
+    let (_, tok) = model();
+    let pad = tok.pad_id.unwrap();
+    for name in ["phi", "llava_v1"] {
+        let template = ChatTemplate::named(name).unwrap();
+        let b = SequenceBuilder::new(&tok, template.clone(), "<|endoftext|>", 4, 512, pad).unwrap();
+        let conv = Conversation {
+            id: "c".into(),
+            image_name: Some("x.png".into()),
+            image: Some("x.png".into()),
+            turns: vec![QaTurn {
+                question: "What colour is the circle?".into(),
+                answer: "red".into(),
+                qtype: Some("colour".into()),
+            }],
+        };
+        let seq = b.conversation(&conv).unwrap();
+        let layout = PromptLayout::question(&tok, &template, "What colour is the circle?").unwrap();
+        let answer_at = seq.labels.iter().position(|&l| l != IGNORE).unwrap();
+        let mut want = layout.before.clone();
+        want.extend(std::iter::repeat_n(pad, 4));
+        want.extend(&layout.after);
+        assert_eq!(&seq.input_ids[..answer_at], &want[..], "{name}");
+        assert_eq!(seq.image_start, Some(layout.before.len()));
+    }
 }
