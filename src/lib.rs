@@ -2,7 +2,8 @@
 //!
 //! Folders name the domain: `config` (experiment files and their hashes), `store` (the run
 //! store under `results/`), `metrics` (Parquet metrics), `provenance` (git identity),
-//! `plan` (sweeps), `model`, `data`, and `cli` (thin commands over the library).
+//! `plan` (sweeps), `model`, `data`, `eval` (caption metrics, generation, QA accuracy), and
+//! `cli` (thin commands over the library).
 
 pub mod backend;
 pub mod bench;

@@ -160,6 +160,8 @@ impl FeatureCache {
         h.update(extractor_id.as_bytes());
         h.update(b"\n");
         h.update(preprocess_id(preprocess).as_bytes());
+        // The image decoder is part of the pixels: JPEGs decode PIL-exactly since v1.
+        h.update(b"\ndecoder=pil-exact-jpeg-v1");
         root.join(&hex::encode(h.finalize())[..16])
     }
 
@@ -488,12 +490,10 @@ fn decode(
     if known.contains(&entry.hash) {
         return Decoded::Alias(entry);
     }
-    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.decode().map_err(|e| e.to_string()));
+    // The PIL-exact decoder: features must come from the pixels HF/LLaVA would see.
+    let img = crate::model::preprocess::decode_image(&bytes).map_err(|e| format!("{e:#}"));
     match img {
-        Ok(img) => Decoded::Pixels(entry, preprocess(&img.to_rgb8(), cfg)),
+        Ok(img) => Decoded::Pixels(entry, preprocess(&img, cfg)),
         Err(e) => {
             entry.error = Some(e);
             Decoded::Failed(entry)

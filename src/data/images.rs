@@ -70,13 +70,9 @@ impl ImageRoot {
 
 /// Decodes any supported format (by content, not extension: COCO has PNGs named .jpg in
 /// the wild) into 8-bit RGB. Grey and RGBA images are converted like PIL's `convert("RGB")`.
+/// JPEGs go through the PIL-exact decoder (the `image` crate's differs by a level or two).
 pub fn load_rgb(path: &Path) -> anyhow::Result<RgbImage> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("decoding {}", path.display()))?;
-    Ok(img.to_rgb8())
+    crate::model::preprocess::load_image(path)
 }
 
 /// Runs `f` over `items` on `threads` workers (0 = all cores), results in input order.

@@ -5,8 +5,9 @@
 //! - greedy: argmax (first index on ties);
 //! - sampling: logits / temperature, then top-p (keep the most probable tokens until their
 //!   mass reaches `top_p`, at least one), then a draw from a seeded SplitMix64 stream per
-//!   row ([`crate::data::rng::Rng::derive`]`(seed, row)`), so a seed gives the same text on
-//!   every run; `temperature <= 0` is greedy;
+//!   row ([`crate::data::rng::Rng::derive`]`(seed, stream)`: the row's index, or the
+//!   image's index in [`super::infer`]), so a seed gives the same text on every run; `temperature <= 0` is greedy. No top-k filter is applied (HF's
+//!   `generate` adds top_k = 50 by default; pass that difference on when comparing);
 //! - beam search (one prompt at a time): `width` beams, the `2 * width` best continuations
 //!   per step; a beam that emits eos among the top `width` is finished with score
 //!   `sum log p / generated_len ^ length_penalty` (eos counted in the length); the search
@@ -82,11 +83,28 @@ impl Generated {
 
 /// Generates a continuation for every row of `prompts` (`[rows, tokens, d_lm]`).
 /// Greedy and sampling run the rows as one batch; beam search runs them one by one.
-pub fn generate<B: Backend>(
+pub fn generate<B: crate::model::lora::QLoraBackend>(
     lm: &Phi<B>,
     prompts: Tensor<B, 3>,
     opts: &GenerateOptions,
 ) -> Vec<Generated> {
+    let streams: Vec<u64> = (0..prompts.dims()[0] as u64).collect();
+    generate_streams(lm, prompts, opts, &streams)
+}
+
+/// [`generate`] where row `r` samples from random stream `streams[r]` (e.g. the image's
+/// index in the whole evaluation set, so its sample does not depend on batching).
+pub fn generate_streams<B: crate::model::lora::QLoraBackend>(
+    lm: &Phi<B>,
+    prompts: Tensor<B, 3>,
+    opts: &GenerateOptions,
+    streams: &[u64],
+) -> Vec<Generated> {
+    assert_eq!(
+        streams.len(),
+        prompts.dims()[0],
+        "one random stream per row"
+    );
     let rows = prompts.dims()[0];
     match opts.decoding {
         Decoding::Beam {
@@ -99,18 +117,18 @@ pub fn generate<B: Backend>(
                 beam_search(lm, p, width.max(1), length_penalty, opts)
             })
             .collect(),
-        _ => batched(lm, prompts, opts),
+        _ => batched(lm, prompts, opts, streams),
     }
 }
 
 /// The model state of a generation: the KV cache, or the whole sequence without it.
-struct Stepper<'a, B: Backend> {
+struct Stepper<'a, B: crate::model::lora::QLoraBackend> {
     lm: &'a Phi<B>,
     cache: Option<KvCache<B>>,
     seq: Tensor<B, 3>,
 }
 
-impl<'a, B: Backend> Stepper<'a, B> {
+impl<'a, B: crate::model::lora::QLoraBackend> Stepper<'a, B> {
     /// Runs the prompt; returns the state and the last position's logits per row.
     fn start(lm: &'a Phi<B>, prompt: Tensor<B, 3>, use_cache: bool) -> (Self, Vec<Vec<f32>>) {
         let mut cache = use_cache.then(|| KvCache::new(lm.layers.len()));
@@ -155,7 +173,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
 }
 
 /// `[rows, t, vocab]` -> the last position's logits per row, on the host in f32.
-fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
+fn last_logits<B: crate::model::lora::QLoraBackend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
     let [b, t, v] = logits.dims();
     let flat = logits
         .slice([0..b, t - 1..t, 0..v])
@@ -219,10 +237,11 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> usize 
 }
 
 /// Greedy or sampling for all rows at once.
-fn batched<B: Backend>(
+fn batched<B: crate::model::lora::QLoraBackend>(
     lm: &Phi<B>,
     prompts: Tensor<B, 3>,
     opts: &GenerateOptions,
+    streams: &[u64],
 ) -> Vec<Generated> {
     let rows = prompts.dims()[0];
     let mut out = vec![
@@ -236,7 +255,7 @@ fn batched<B: Backend>(
         return out;
     }
     let mut rngs: Vec<Rng> = match opts.decoding {
-        Decoding::Sample { seed, .. } => (0..rows).map(|r| Rng::derive(seed, r as u64)).collect(),
+        Decoding::Sample { seed, .. } => streams.iter().map(|&r| Rng::derive(seed, r)).collect(),
         _ => vec![],
     };
     let (mut state, mut logits) = Stepper::start(lm, prompts, opts.use_cache);
@@ -278,7 +297,7 @@ struct Beam {
 }
 
 /// Beam search for one prompt `[1, tokens, d]`.
-fn beam_search<B: Backend>(
+fn beam_search<B: crate::model::lora::QLoraBackend>(
     lm: &Phi<B>,
     prompt: Tensor<B, 3>,
     width: usize,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use burn::prelude::*;
 
-use super::generate::{generate, GenerateOptions, Generated};
+use super::generate::{generate_streams, GenerateOptions, Generated};
 use crate::data::sequence::{ChatTemplate, TextCodec};
 use crate::model::phi::Phi;
 use crate::model::projector::Projector;
@@ -54,7 +54,7 @@ impl PromptLayout {
 /// CLIP features (what the feature cache holds). Prompts of equal layout lengths run
 /// together in batches of at most `batch_size` rows; results come back in input order.
 /// `pad_id` fills the image slot before the projected features replace it.
-pub fn generate_for_images<B: Backend>(
+pub fn generate_for_images<B: crate::model::lora::QLoraBackend>(
     projector: &Projector<B>,
     lm: &Phi<B>,
     features: Tensor<B, 3>,
@@ -100,7 +100,9 @@ pub fn generate_for_images<B: Backend>(
             let images = projector.forward(feats);
             let starts = vec![Some(nb); chunk.len()];
             let embeds = crate::train::splice(lm.embed(ids), images, &starts);
-            for (g, &i) in generate(lm, embeds, opts).into_iter().zip(chunk) {
+            let streams: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+            let generated = generate_streams(lm, embeds, opts, &streams);
+            for (g, &i) in generated.into_iter().zip(chunk) {
                 out[i] = Some(g);
             }
         }
@@ -117,7 +119,7 @@ pub fn decode(tok: &Tokenizer, g: &Generated, eos: Option<u32>) -> Result<String
 
 /// One caption per image (stage-1 layout unless `layout` says otherwise), decoded.
 /// `opts.eos` should be the tokenizer's eos (`tok.eos_id`), which ends stage-1 captions.
-pub fn caption_images<B: Backend>(
+pub fn caption_images<B: crate::model::lora::QLoraBackend>(
     projector: &Projector<B>,
     lm: &Phi<B>,
     tok: &Tokenizer,
@@ -138,7 +140,7 @@ pub fn caption_images<B: Backend>(
 /// One answer per (image, question) pair through the chat template, decoded; score them
 /// with [`super::qa::qa_exact_match`]. `opts.eos` should be the template's end token id.
 #[allow(clippy::too_many_arguments)]
-pub fn answer_questions<B: Backend>(
+pub fn answer_questions<B: crate::model::lora::QLoraBackend>(
     projector: &Projector<B>,
     lm: &Phi<B>,
     tok: &Tokenizer,

@@ -16,6 +16,6 @@ pub mod ptb;
 pub mod qa;
 
 pub use captions::{score, score_raw, CaptionScores};
-pub use generate::{generate, Decoding, GenerateOptions, Generated};
+pub use generate::{generate, generate_streams, Decoding, GenerateOptions, Generated};
 pub use infer::{answer_questions, caption_images, generate_for_images, PromptLayout};
 pub use qa::{normalize_answer, qa_exact_match, QaAccuracy};

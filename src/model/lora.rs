@@ -213,14 +213,14 @@ impl<B: Backend> FrozenLinear<B> {
         } else {
             None
         };
-        Ok(Self::from_torch(
-            &w,
-            b.as_deref(),
-            d_in,
-            d_out,
-            quant,
-            device,
-        ))
+        let mut out = Self::from_torch(&w, b.as_deref(), d_in, d_out, quant, device);
+        // The checkpoint's compute dtype (e.g. bf16 on a GPU) applies to what stays dense;
+        // NF4 dequantizes into the input's dtype.
+        if let Some(dt) = ckpt.dtype {
+            out.weight = out.weight.map(|w| w.cast(dt));
+            out.bias = out.bias.map(|b| b.cast(dt));
+        }
+        Ok(out)
     }
 
     pub fn d_in(&self) -> usize {
@@ -257,9 +257,13 @@ impl<B: Backend> FrozenLinear<B> {
 
 impl<B: QLoraBackend> FrozenLinear<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // Constants follow the input's dtype (a no-op when they already match, e.g. loaded
+        // with the checkpoint's compute dtype).
+        let dtype = x.dtype();
+        let bias = self.bias.clone().map(|b| b.cast(dtype));
         let Some(q) = &self.nf4 else {
             let w = self.weight.clone().expect("a frozen linear has a weight");
-            return linear(x, w, self.bias.clone());
+            return linear(x, w.cast(dtype), bias);
         };
         // [.., in] -> [n, in] -> packed matmul -> [.., out]
         let dims = x.dims();
@@ -270,8 +274,8 @@ impl<B: QLoraBackend> FrozenLinear<B> {
         let mut out = dims;
         out[D - 1] = self.d_out;
         let y = y.reshape(out);
-        match &self.bias {
-            Some(b) => y + b.clone().unsqueeze(),
+        match bias {
+            Some(b) => y + b.unsqueeze(),
             None => y,
         }
     }
@@ -390,6 +394,15 @@ impl<B: Backend> LoraAdapter<B> {
         }
     }
 
+    /// The same adapter with gradients on (after the model around it was frozen).
+    pub fn trainable(self) -> Self {
+        Self {
+            a: self.a.set_require_grad(true),
+            b: self.b.set_require_grad(true),
+            ..self
+        }
+    }
+
     /// peft's `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`, row-major.
     pub fn to_peft(&self) -> (Vec<f32>, Vec<f32>) {
         let v = |t: Tensor<B, 2>| {
@@ -403,8 +416,12 @@ impl<B: Backend> LoraAdapter<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // A and B keep their own dtype (f32 master weights) whatever the compute dtype: the
+        // input is cast in and the output back (no-ops when they agree).
+        let dtype = x.dtype();
+        let x = x.cast(self.a.val().dtype());
         let h = linear(self.dropout.forward(x), self.a.val(), None);
-        linear(h, self.b.val(), None) * self.scaling
+        (linear(h, self.b.val(), None) * self.scaling).cast(dtype)
     }
 }
 

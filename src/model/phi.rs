@@ -15,6 +15,7 @@ use burn::tensor::Bool;
 use serde_json::Value;
 
 use super::checkpoint::{read_json, Checkpoint};
+use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
 use super::{attention, Activation};
 
 /// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
@@ -117,8 +118,14 @@ impl PhiConfig {
         (self.head_dim() as f64 * self.partial_rotary_factor) as usize
     }
 
-    /// A randomly initialised model (tests, demos); real runs use [`Phi::load`].
+    /// A randomly initialised model (tests, demos); real runs use [`Phi::load`]. The layer
+    /// linears are frozen; `lora` adds adapters and NF4 bases as in stage 2.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Phi<B> {
+        self.init_with(device, &LoraConfig::frozen())
+    }
+
+    /// [`PhiConfig::init`] with LoRA adapters (and an NF4 base when `lora.quant` is set).
+    pub fn init_with<B: Backend>(&self, device: &B::Device, lora: &LoraConfig) -> Phi<B> {
         let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim());
         let kv = self.num_key_value_heads * hd;
         let ln = || {
@@ -126,25 +133,30 @@ impl PhiConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let lin = |i, o, path: String| {
+            LoraLinear::from_linear(LinearConfig::new(i, o).init(device), &path, lora)
+        };
         Phi {
             embed_tokens: EmbeddingConfig::new(self.vocab_size, d).init(device),
             layers: (0..self.num_hidden_layers)
-                .map(|_| PhiLayer {
-                    input_layernorm: ln(),
-                    q_proj: lin(d, d),
-                    k_proj: lin(d, kv),
-                    v_proj: lin(d, kv),
-                    dense: lin(d, d),
-                    fc1: lin(d, f),
-                    fc2: lin(f, d),
-                    num_heads: self.num_attention_heads,
-                    num_kv_heads: self.num_key_value_heads,
-                    act: self.hidden_act,
+                .map(|i| {
+                    let p = format!("model.layers.{i}");
+                    PhiLayer {
+                        input_layernorm: ln(),
+                        q_proj: lin(d, d, format!("{p}.self_attn.q_proj")),
+                        k_proj: lin(d, kv, format!("{p}.self_attn.k_proj")),
+                        v_proj: lin(d, kv, format!("{p}.self_attn.v_proj")),
+                        dense: lin(d, d, format!("{p}.self_attn.dense")),
+                        fc1: lin(d, f, format!("{p}.mlp.fc1")),
+                        fc2: lin(f, d, format!("{p}.mlp.fc2")),
+                        num_heads: self.num_attention_heads,
+                        num_kv_heads: self.num_key_value_heads,
+                        act: self.hidden_act,
+                    }
                 })
                 .collect(),
             final_layernorm: ln(),
-            lm_head: lin(d, self.vocab_size),
+            lm_head: LinearConfig::new(d, self.vocab_size).init(device),
             rotary_dim: self.rotary_dim(),
             rope_theta: self.rope_theta,
         }
@@ -192,12 +204,12 @@ impl<B: Backend> KvCache<B> {
 #[derive(Module, Debug)]
 pub struct PhiLayer<B: Backend> {
     pub input_layernorm: LayerNorm<B>,
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub dense: Linear<B>,
-    pub fc1: Linear<B>,
-    pub fc2: Linear<B>,
+    pub q_proj: LoraLinear<B>,
+    pub k_proj: LoraLinear<B>,
+    pub v_proj: LoraLinear<B>,
+    pub dense: LoraLinear<B>,
+    pub fc1: LoraLinear<B>,
+    pub fc2: LoraLinear<B>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     #[module(skip)]
@@ -262,7 +274,7 @@ impl<B: Backend> Rope<B> {
     }
 }
 
-impl<B: Backend> PhiLayer<B> {
+impl<B: QLoraBackend> PhiLayer<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -335,23 +347,39 @@ impl<B: Backend> Phi<B> {
 
     /// Builds the model from checkpoint tensors; the HF key names are spelled out here.
     pub fn load(ckpt: &Checkpoint, cfg: &PhiConfig, device: &B::Device) -> anyhow::Result<Self> {
+        Self::load_with(ckpt, cfg, device, &LoraConfig::frozen())
+    }
+
+    /// [`Phi::load`] with LoRA adapters on `lora.targets` and, when `lora.quant` is set, the
+    /// layer weights NF4-packed as they are read: tensors stream from the memory-mapped file
+    /// one at a time, so the full-precision model never exists in memory.
+    pub fn load_with(
+        ckpt: &Checkpoint,
+        cfg: &PhiConfig,
+        device: &B::Device,
+        lora: &LoraConfig,
+    ) -> anyhow::Result<Self> {
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let kv = cfg.num_key_value_heads * cfg.head_dim();
         let eps = cfg.layer_norm_eps;
-        let mut m = cfg.init::<B>(device);
-        m.embed_tokens = ckpt.embedding("model.embed_tokens", v, d, device)?;
-        for (i, l) in m.layers.iter_mut().enumerate() {
+        let lin = |name: String, i, o| LoraLinear::load(ckpt, &name, i, o, lora, device);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            l.input_layernorm = ckpt.layer_norm(&format!("{p}.input_layernorm"), d, eps, device)?;
-            l.q_proj = ckpt.linear(&format!("{p}.self_attn.q_proj"), d, d, true, device)?;
-            l.k_proj = ckpt.linear(&format!("{p}.self_attn.k_proj"), d, kv, true, device)?;
-            l.v_proj = ckpt.linear(&format!("{p}.self_attn.v_proj"), d, kv, true, device)?;
-            l.dense = ckpt.linear(&format!("{p}.self_attn.dense"), d, d, true, device)?;
-            l.fc1 = ckpt.linear(&format!("{p}.mlp.fc1"), d, f, true, device)?;
-            l.fc2 = ckpt.linear(&format!("{p}.mlp.fc2"), f, d, true, device)?;
+            layers.push(PhiLayer {
+                input_layernorm: ckpt.layer_norm(&format!("{p}.input_layernorm"), d, eps, device)?,
+                q_proj: lin(format!("{p}.self_attn.q_proj"), d, d)?,
+                k_proj: lin(format!("{p}.self_attn.k_proj"), d, kv)?,
+                v_proj: lin(format!("{p}.self_attn.v_proj"), d, kv)?,
+                dense: lin(format!("{p}.self_attn.dense"), d, d)?,
+                fc1: lin(format!("{p}.mlp.fc1"), d, f)?,
+                fc2: lin(format!("{p}.mlp.fc2"), f, d)?,
+                num_heads: cfg.num_attention_heads,
+                num_kv_heads: cfg.num_key_value_heads,
+                act: cfg.hidden_act,
+            });
         }
-        m.final_layernorm = ckpt.layer_norm("model.final_layernorm", d, eps, device)?;
-        m.lm_head = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+        let lm_head = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
             let mut head = ckpt.linear("model.embed_tokens", d, v, false, device)?;
             head.bias = Some(burn::module::Param::from_tensor(ckpt.tensor(
                 "lm_head.bias",
@@ -362,7 +390,25 @@ impl<B: Backend> Phi<B> {
         } else {
             ckpt.linear("lm_head", d, v, true, device)?
         };
-        Ok(m)
+        Ok(Phi {
+            embed_tokens: ckpt.embedding("model.embed_tokens", v, d, device)?,
+            layers,
+            final_layernorm: ckpt.layer_norm("model.final_layernorm", d, eps, device)?,
+            lm_head,
+            rotary_dim: cfg.rotary_dim(),
+            rope_theta: cfg.rope_theta,
+        })
+    }
+
+    /// Freezes every parameter except the LoRA adapters' (stage 2 trains only those).
+    pub fn freeze_base(self) -> Self {
+        let mut m = self.no_grad();
+        for l in &mut m.layers {
+            for lin in [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.dense, &mut l.fc1, &mut l.fc2] {
+                lin.lora = lin.lora.take().map(|a| a.trainable());
+            }
+        }
+        m
     }
 
     /// Token embeddings `[batch, tokens, d]` for ids `[batch, tokens]`.
@@ -370,6 +416,9 @@ impl<B: Backend> Phi<B> {
         self.embed_tokens.forward(ids)
     }
 
+}
+
+impl<B: QLoraBackend> Phi<B> {
     /// Logits `[batch, tokens, vocab]` for every position.
     pub fn forward(
         &self,
@@ -412,7 +461,7 @@ impl<B: Backend> Phi<B> {
     }
 }
 
-impl<B: Backend> Phi<B> {
+impl<B: QLoraBackend> Phi<B> {
     /// Greedy decoding for one sequence from its prompt embeddings `[1, tokens, d]` (image
     /// features already spliced in): the KV cache makes each new token one short forward
     /// pass. Returns the generated ids (prompt excluded), stopping after `eos` (included) or
@@ -507,5 +556,64 @@ mod tests {
                 "partial_rotary_factor": 0.4}),
         );
         assert_eq!(PhiConfig::from_hf_json(&v).unwrap(), c);
+    }
+}
+
+/// The LoRA adapters of one layer (`None` where the linear has none).
+#[derive(Module, Debug)]
+pub struct LayerAdapters<B: Backend> {
+    pub q_proj: Option<LoraAdapter<B>>,
+    pub k_proj: Option<LoraAdapter<B>>,
+    pub v_proj: Option<LoraAdapter<B>>,
+    pub dense: Option<LoraAdapter<B>>,
+    pub fc1: Option<LoraAdapter<B>>,
+    pub fc2: Option<LoraAdapter<B>>,
+}
+
+/// Every adapter of a model, apart from the frozen base: what stage-2 checkpoints save.
+#[derive(Module, Debug)]
+pub struct PhiAdapters<B: Backend> {
+    pub layers: Vec<LayerAdapters<B>>,
+}
+
+impl<B: Backend> Phi<B> {
+    /// A copy of the adapters (parameter ids kept, so optimizer state still matches).
+    pub fn adapters(&self) -> PhiAdapters<B> {
+        PhiAdapters {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerAdapters {
+                    q_proj: l.q_proj.lora.clone(),
+                    k_proj: l.k_proj.lora.clone(),
+                    v_proj: l.v_proj.lora.clone(),
+                    dense: l.dense.lora.clone(),
+                    fc1: l.fc1.lora.clone(),
+                    fc2: l.fc2.lora.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts adapters (e.g. loaded from a checkpoint) back into the model.
+    pub fn with_adapters(mut self, a: PhiAdapters<B>) -> Self {
+        for (l, a) in self.layers.iter_mut().zip(a.layers) {
+            l.q_proj.lora = a.q_proj;
+            l.k_proj.lora = a.k_proj;
+            l.v_proj.lora = a.v_proj;
+            l.dense.lora = a.dense;
+            l.fc1.lora = a.fc1;
+            l.fc2.lora = a.fc2;
+        }
+        self
+    }
+
+    /// Bytes held by the frozen layer weights (NF4-packed or dense), for memory reports.
+    pub fn base_linear_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.dense, &l.fc1, &l.fc2])
+            .map(|x| x.base.memory_bytes())
+            .sum()
     }
 }

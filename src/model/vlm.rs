@@ -29,7 +29,7 @@ pub enum Source {
 }
 
 /// The output of [`splice`].
-pub struct Spliced<B: Backend> {
+pub struct Spliced<B: crate::model::lora::QLoraBackend> {
     /// `[batch, len, d_lm]`, for [`Phi::forward_embeds`].
     pub embeds: Tensor<B, 3>,
     /// `[batch, len]`, true on real positions (tokens and image patches).
@@ -41,7 +41,7 @@ pub struct Spliced<B: Backend> {
 /// Splices `images` (`[n_images, patches, d_lm]`, already projected) into the embeddings of
 /// `rows`. Image markers take images in order across the batch (row 0's first, ...). Panics
 /// when the number of markers differs from `n_images`: that is a data bug, not an input.
-pub fn splice<B: Backend>(
+pub fn splice<B: crate::model::lora::QLoraBackend>(
     lm: &Phi<B>,
     rows: &[Vec<i64>],
     images: Tensor<B, 3>,
@@ -143,7 +143,7 @@ pub fn splice<B: Backend>(
 ///
 /// `embeds`: `[batch, len, d]` token embeddings; `images`: `[batch, patches, d]` projected
 /// features (rows without an image are ignored). Differentiable w.r.t. both.
-pub fn fill_image_slots<B: Backend>(
+pub fn fill_image_slots<B: crate::model::lora::QLoraBackend>(
     embeds: Tensor<B, 3>,
     images: Tensor<B, 3>,
     image_start: &[Option<usize>],
@@ -172,14 +172,14 @@ pub fn fill_image_slots<B: Backend>(
 }
 
 /// HF-style `attention_mask` (`1` real, `0` padding) as the bool mask [`Phi`] takes.
-pub fn mask_from_int<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, Bool> {
+pub fn mask_from_int<B: crate::model::lora::QLoraBackend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, Bool> {
     mask.equal_elem(1)
 }
 
 /// LLaVA's forward pass on the data pipeline's batch layout: token embeddings, projected
 /// image features written into the image slots, then the LM. Returns logits `[batch, len,
 /// vocab]`. `image_features` are the vision tower's (`[batch, patches, d_vision]`).
-pub fn llava_logits<B: Backend>(
+pub fn llava_logits<B: crate::model::lora::QLoraBackend>(
     lm: &Phi<B>,
     projector: &super::projector::Projector<B>,
     input_ids: Tensor<B, 2, Int>,

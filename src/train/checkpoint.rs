@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Train;
 use crate::fsutil;
+use crate::model::phi::Phi;
 use crate::model::projector::Projector;
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
@@ -57,20 +58,44 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// What a stage trains: the projector, and in stage 2 the LM's adapters, each with its own
+/// optimizer (they have their own learning rates).
+pub struct Trained<OP, OL> {
+    pub projector: Projector<Train>,
+    pub optim_projector: OP,
+    pub lm: Phi<Train>,
+    pub optim_lm: Option<OL>,
+}
+
+fn write_parts<OP, OL>(dir: &Path, t: &Trained<OP, OL>, with_optim: bool) -> Result<()>
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
+    Rec::new().record(t.projector.clone().into_record(), dir.join("projector")).context("saving the projector")?;
+    if t.optim_lm.is_some() {
+        Rec::new().record(t.lm.adapters().into_record(), dir.join("adapters")).context("saving the adapters")?;
+    }
+    if with_optim {
+        Rec::new().record(t.optim_projector.to_record(), dir.join("optimizer_projector")).context("saving the optimizer")?;
+        if let Some(o) = &t.optim_lm {
+            Rec::new().record(o.to_record(), dir.join("optimizer_lora")).context("saving the optimizer")?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a checkpoint for `state.step` and prunes all but the newest `keep`.
-pub fn save<O: Optimizer<Projector<Train>, Train>>(
-    dir: &Path,
-    projector: &Projector<Train>,
-    optim: &O,
-    state: &TrainState,
-    keep: usize,
-) -> Result<()> {
+pub fn save<OP, OL>(dir: &Path, t: &Trained<OP, OL>, state: &TrainState, keep: usize) -> Result<()>
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
     let target = step_dir(dir, state.step);
     let tmp = dir.join(format!(".tmp-step-{}-{}", state.step, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    Rec::new().record(projector.clone().into_record(), tmp.join("projector")).context("saving the projector")?;
-    Rec::new().record(optim.to_record(), tmp.join("optimizer")).context("saving the optimizer state")?;
+    write_parts(&tmp, t, true)?;
     fsutil::write_json(&tmp.join("state.json"), state)?;
     let _ = fs::remove_dir_all(&target);
     fs::rename(&tmp, &target).with_context(|| format!("cannot move checkpoint to {}", target.display()))?;
@@ -82,34 +107,58 @@ pub fn save<O: Optimizer<Projector<Train>, Train>>(
     Ok(())
 }
 
-/// Restores projector, optimizer and state from a checkpoint folder.
-pub fn load<O: Optimizer<Projector<Train>, Train>>(
-    ck: &Path,
-    projector: Projector<Train>,
-    optim: O,
-    device: &super::Device,
-) -> Result<(Projector<Train>, O, TrainState)> {
-    let p = Rec::new()
-        .load(ck.join("projector"), device)
-        .with_context(|| format!("loading {}", ck.join("projector.mpk").display()))?;
-    let o = Rec::new()
-        .load(ck.join("optimizer"), device)
-        .with_context(|| format!("loading {}", ck.join("optimizer.mpk").display()))?;
+/// Restores the trained parts, their optimizers and the state from a checkpoint folder.
+pub fn load<OP, OL>(ck: &Path, t: Trained<OP, OL>, device: &super::Device) -> Result<(Trained<OP, OL>, TrainState)>
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
+    let rec = |name: &str| ck.join(name);
+    let projector = load_projector(t.projector, ck, device)?;
+    let optim_projector = t.optim_projector.load_record(
+        Rec::new().load(rec("optimizer_projector"), device).with_context(|| format!("loading {}", rec("optimizer_projector.mpk").display()))?,
+    );
+    let (lm, optim_lm) = match t.optim_lm {
+        Some(o) => {
+            let adapters = t.lm.adapters().load_record(
+                Rec::new().load(rec("adapters"), device).with_context(|| format!("loading {}", rec("adapters.mpk").display()))?,
+            );
+            let o = o.load_record(
+                Rec::new().load(rec("optimizer_lora"), device).with_context(|| format!("loading {}", rec("optimizer_lora.mpk").display()))?,
+            );
+            (t.lm.with_adapters(adapters), Some(o))
+        }
+        None => (t.lm, None),
+    };
     let s: TrainState = fsutil::read_json(&ck.join("state.json"))?;
-    Ok((projector.load_record(p), optim.load_record(o), s))
+    Ok((Trained { projector, optim_projector, lm, optim_lm }, s))
 }
 
-/// Writes `final/projector.mpk`, what the next stage (and evaluation) loads.
-pub fn save_final(dir: &Path, projector: &Projector<Train>) -> Result<()> {
+/// Writes `final/` (projector, and adapters in stage 2): what the next stage, evaluation
+/// and export load.
+pub fn save_final<OP, OL>(dir: &Path, t: &Trained<OP, OL>) -> Result<()>
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
     let target = dir.join("final");
     let tmp = dir.join(format!(".tmp-final-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    Rec::new().record(projector.clone().into_record(), tmp.join("projector")).context("saving the projector")?;
+    write_parts(&tmp, t, false)?;
     let _ = fs::remove_dir_all(&target);
     fs::rename(&tmp, &target)?;
     fsutil::sync_dir(dir);
     Ok(())
+}
+
+/// Loads adapters from a `final/` (or step) folder into `lm`.
+pub fn load_adapters<B: burn::tensor::backend::Backend>(lm: Phi<B>, dir: &Path, device: &B::Device) -> Result<Phi<B>> {
+    let rec = Rec::new()
+        .load(dir.join("adapters"), device)
+        .with_context(|| format!("loading the LoRA adapters from {}", dir.join("adapters.mpk").display()))?;
+    let a = lm.adapters().load_record(rec);
+    Ok(lm.with_adapters(a))
 }
 
 /// Loads projector weights from a `final/` (or step) folder into `projector`.

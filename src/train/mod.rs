@@ -15,19 +15,21 @@ pub mod schedule;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 
 use crate::backend::Train;
 use crate::config::{Experiment, ProjectorKind as KindCfg, StageConfig};
 use crate::data::batch::{cached_items, epoch_batches, LlavaBatch};
-use crate::model::phi::Phi;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::lora::{LoraConfig, QLoraBackend};
+use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig, ProjectorKind};
 use crate::model::tokenizer::Tokenizer;
 use crate::stage::{Interrupted, StageContext, StageRunner};
 
-use self::checkpoint::TrainState;
+use self::checkpoint::{Trained, TrainState};
 use self::data::StageData;
 use self::schedule::LrSchedule;
 
@@ -54,7 +56,7 @@ pub fn projector_config(exp: &Experiment, d_vision: usize, d_lm: usize) -> Proje
 
 /// Projects the batch's image features and splices them into the token embeddings at each
 /// row's image slot; returns the LM's logits for every position.
-pub fn forward<B: Backend>(projector: &Projector<B>, lm: &Phi<B>, batch: &LlavaBatch<B>) -> Tensor<B, 3> {
+pub fn forward<B: QLoraBackend>(projector: &Projector<B>, lm: &Phi<B>, batch: &LlavaBatch<B>) -> Tensor<B, 3> {
     let embeds = lm.embed(batch.input_ids.clone());
     let images = projector.forward(batch.image_features.clone());
     let embeds = splice(embeds, images, &batch.image_start);
@@ -130,7 +132,7 @@ pub fn peak_rss_bytes() -> f64 {
 }
 
 /// Mean loss over the validation sequences (inference backend, no graph).
-fn validate<B: Backend>(projector: &Projector<B>, lm: &Phi<B>, data: &StageData, batch: usize, device: &B::Device) -> Option<f64> {
+fn validate<B: QLoraBackend>(projector: &Projector<B>, lm: &Phi<B>, data: &StageData, batch: usize, device: &B::Device) -> Option<f64> {
     if data.val.is_empty() {
         return None;
     }
@@ -172,25 +174,41 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         ctx.metrics.log(&stage, "data", 0, 0.0, name, v)?;
     }
 
-    // Models: frozen Phi, trainable projector (stage 2 starts from stage 1's).
-    let (lm, lm_cfg) = Phi::<Train>::from_dir(&lm_dir, &device)?;
-    let lm = lm.no_grad();
+    // Models: Phi frozen (stage 2: NF4 base when configured, LoRA adapters trainable), the
+    // projector trainable (stage 2 starts from stage 1's).
+    let lora = if ctx.stage == 2 { LoraConfig::from_stage2(&exp.stage2) } else { LoraConfig::frozen() };
+    let lm_cfg = PhiConfig::load(&lm_dir)?;
+    let ckpt = Checkpoint::open(&lm_dir)?;
     <Train as Backend>::seed(&device, exp.seed);
+    let lm = Phi::<Train>::load_with(&ckpt, &lm_cfg, &device, &lora)?.freeze_base();
+    drop(ckpt);
     let mut projector: Projector<Train> = projector_config(exp, data.cache.dim(), lm_cfg.hidden_size).init(&device);
     if let Some(dir) = &ctx.stage1_dir {
         projector = checkpoint::load_projector(projector, &dir.join("final"), &device)?;
     }
-    let mut optim = adamw(&opt).init::<Train, Projector<Train>>();
+    if ctx.stage == 2 {
+        let m = &mut *ctx.metrics;
+        m.log(&stage, "data", 0, 0.0, "lm_base_linear_bytes", lm.base_linear_bytes() as f64)?;
+        m.log(&stage, "data", 0, 0.0, "adapter_params", lm.adapters().num_params() as f64)?;
+    }
+    let mut t = Trained {
+        projector,
+        optim_projector: adamw(&opt).init::<Train, Projector<Train>>(),
+        lm,
+        optim_lm: (ctx.stage == 2).then(|| adamw(&opt).init::<Train, Phi<Train>>()),
+    };
 
     let micro_per_epoch = data.train.len().div_ceil(opt.batch as usize);
     let total = total_steps(&opt, micro_per_epoch);
-    let base_lr = if ctx.stage == 2 { exp.stage2.projector_lr } else { opt.lr };
-    let sched = LrSchedule::new(&opt, base_lr, total);
+    // Stage 1's projector learns at `lr`; in stage 2 `lr` is the adapters' and the
+    // projector has `projector_lr`.
+    let (lr_projector, lr_lm) = if ctx.stage == 2 { (exp.stage2.projector_lr, opt.lr) } else { (opt.lr, 0.0) };
+    let sched_p = LrSchedule::new(&opt, lr_projector, total);
+    let sched_l = LrSchedule::new(&opt, lr_lm, total);
     let mut state = TrainState::new(total);
     if ctx.resume {
         if let Some(ck) = checkpoint::latest(&ctx.checkpoint_dir)? {
-            let (p, o, s) = checkpoint::load(&ck, projector, optim, &device)?;
-            (projector, optim, state) = (p, o, s);
+            (t, state) = checkpoint::load(&ck, t, &device)?;
             eprintln!("{stage}: resuming at step {} from {}", state.step, ck.display());
         }
     }
@@ -205,7 +223,7 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         // Dropout and any other randomness depend on (seed, step) only, so a resumed run
         // draws what an uninterrupted one would.
         <Train as Backend>::seed(&device, exp.seed ^ (state.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut grads = GradientsParams::new();
+        let (mut gp, mut gl) = (GradientsParams::new(), GradientsParams::new());
         let (mut loss_sum, mut targets, mut tokens, mut samples) = (0.0, 0usize, 0usize, 0usize);
         for k in 0..accum {
             let micro = state.step as usize * accum + k;
@@ -218,15 +236,29 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
             let batch = data.batcher.batch::<Train>(cached_items(&data.train, idx, &data.cache), &device);
             tokens += batch.lengths.iter().sum::<usize>();
             samples += idx.len();
-            let (loss, n) = loss::masked_lm_loss(forward(&projector, &lm, &batch), batch.labels.clone());
+            let (loss, n) = loss::masked_lm_loss(forward(&t.projector, &t.lm, &batch), batch.labels.clone());
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             targets += n;
-            let g = GradientsParams::from_grads((loss / accum as f64).backward(), &projector);
-            grads::accumulate::<Train, _>(&projector, &mut grads, g);
+            let mut g = (loss / accum as f64).backward();
+            grads::accumulate::<Train, _>(&t.projector, &mut gp, GradientsParams::from_module(&mut g, &t.projector));
+            if t.optim_lm.is_some() {
+                grads::accumulate::<Train, _>(&t.lm, &mut gl, GradientsParams::from_module(&mut g, &t.lm));
+            }
         }
-        let grad_norm = grads::clip_global_norm::<Train, _>(&projector, &mut grads, opt.clip_grad_norm);
-        let lr = sched.lr(state.step);
-        projector = optim.step(lr, projector, grads);
+        // One global norm over everything trained, as torch's clip_grad_norm_ over all params.
+        let np = grads::global_norm::<Train, _>(&t.projector, &gp);
+        let nl = if t.optim_lm.is_some() { grads::global_norm::<Train, _>(&t.lm, &gl) } else { 0.0 };
+        let grad_norm = (np * np + nl * nl).sqrt();
+        if opt.clip_grad_norm > 0.0 && grad_norm > opt.clip_grad_norm {
+            let f = opt.clip_grad_norm / (grad_norm + 1e-6);
+            grads::scale::<Train, _>(&t.projector, &mut gp, f);
+            grads::scale::<Train, _>(&t.lm, &mut gl, f);
+        }
+        let (lr_p, lr_l) = (sched_p.lr(state.step), sched_l.lr(state.step));
+        t.projector = t.optim_projector.step(lr_p, t.projector, gp);
+        if let Some(o) = &mut t.optim_lm {
+            t.lm = o.step(lr_l, t.lm, gl);
+        }
         state.step += 1;
         state.epoch = (state.step as usize * accum) as f64 / micro_per_epoch as f64;
 
@@ -235,7 +267,12 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         let (s, e) = (state.step, state.epoch);
         let m = &mut *ctx.metrics;
         m.log(&stage, "train", s, e, "loss", loss)?;
-        m.log(&stage, "train", s, e, if ctx.stage == 2 { "lr/projector" } else { "lr" }, lr)?;
+        if ctx.stage == 2 {
+            m.log(&stage, "train", s, e, "lr/projector", lr_p)?;
+            m.log(&stage, "train", s, e, "lr/lora", lr_l)?;
+        } else {
+            m.log(&stage, "train", s, e, "lr", lr_p)?;
+        }
         m.log(&stage, "train", s, e, "grad_norm", grad_norm)?;
         m.log(&stage, "train", s, e, "target_tokens", targets as f64)?;
         m.log(&stage, "train", s, e, "tokens_per_s", tokens as f64 / dt)?;
@@ -247,7 +284,7 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
 
         let last = state.step == total;
         if (opt.eval_every > 0 && s % opt.eval_every == 0) || last {
-            if let Some(v) = validate(&projector.valid(), &lm.valid(), &data, opt.batch as usize, &device) {
+            if let Some(v) = validate(&t.projector.valid(), &t.lm.valid(), &data, opt.batch as usize, &device) {
                 m.log(&stage, "val", s, e, "loss", v)?;
                 m.log(&stage, "val", s, e, "perplexity", v.exp())?;
             }
@@ -256,7 +293,7 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         if (opt.checkpoint_every > 0 && s % opt.checkpoint_every == 0) || interrupted || last {
             // Metrics first: a checkpoint never claims steps whose metrics were lost.
             ctx.metrics.flush()?;
-            checkpoint::save(&ctx.checkpoint_dir, &projector, &optim, &state, opt.keep_checkpoints as usize)?;
+            checkpoint::save(&ctx.checkpoint_dir, &t, &state, opt.keep_checkpoints as usize)?;
         }
         if interrupted && !last {
             bar.abandon_with_message(format!("interrupted at step {s}"));
@@ -264,7 +301,7 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         }
     }
     bar.finish_with_message("done");
-    checkpoint::save_final(&ctx.checkpoint_dir, &projector)?;
+    checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
     Ok(())
 }
 

@@ -165,10 +165,22 @@ fn eval_caption_images_batches_like_single_images() {
     };
     let layout = PromptLayout::caption();
     let batched = caption_images(&proj, &lm, &tok, feats.clone(), &layout, &o, 4).unwrap();
-    let single = caption_images(&proj, &lm, &tok, feats, &layout, &o, 1).unwrap();
+    let single = caption_images(&proj, &lm, &tok, feats.clone(), &layout, &o, 1).unwrap();
     assert_eq!(batched.len(), 5);
     assert_eq!(batched, single);
     assert!(batched.iter().all(|c| !c.contains("<|endoftext|>")));
+    // Sampling draws from one stream per image, so batching does not change samples.
+    let o = GenerateOptions {
+        decoding: Decoding::Sample {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: 9,
+        },
+        ..o
+    };
+    let batched = caption_images(&proj, &lm, &tok, feats.clone(), &layout, &o, 4).unwrap();
+    let single = caption_images(&proj, &lm, &tok, feats, &layout, &o, 1).unwrap();
+    assert_eq!(batched, single);
 }
 
 #[test]

@@ -450,6 +450,35 @@ fn qlora_packed_base_backward_matches_dequantized_matmul() {
 }
 
 #[test]
+fn qlora_bf16_compute_with_f32_adapters() {
+    // bf16 activations (the GPU compute dtype) through an NF4 base and f32 adapter weights.
+    use burn::tensor::DType;
+    let device = Default::default();
+    for quant in [true, false] {
+        let (mut l, w, b) = layer::<Compute>(quant, 0.0, &device);
+        let lora = l.lora.as_mut().unwrap();
+        let (a, bm) = (lcg(4, D_IN * R, 0.2), lcg(5, R * D_OUT, 0.3));
+        lora.a = Param::from_tensor(Tensor::from_data(
+            TensorData::new(a.clone(), [D_IN, R]),
+            &device,
+        ));
+        lora.b = Param::from_tensor(Tensor::from_data(
+            TensorData::new(bm.clone(), [R, D_OUT]),
+            &device,
+        ));
+        let x =
+            Tensor::<Compute, 3>::from_data(TensorData::new(x_data(2, 3), [2, 3, D_IN]), &device)
+                .cast(DType::BF16);
+        let y = l.forward(x);
+        assert_eq!(y.dtype(), DType::BF16);
+        let want = reference(&x_data(2, 3), &w, &b, &a, &bm, 8.0 / R as f64);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = max_diff(&to_vec(y), &want);
+        assert!(err < 0.02 * scale, "quant {quant}: {err} vs scale {scale}");
+    }
+}
+
+#[test]
 fn qlora_dropout_only_while_training() {
     let device = Default::default();
     let (mut l, w, b) = layer::<Train>(false, 0.5, &device);

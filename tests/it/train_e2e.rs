@@ -47,6 +47,8 @@ batch = 8
 grad_accum = 1
 lr = 1e-3
 projector_lr = 1e-3
+lora_rank = 8
+lora_alpha = 16
 checkpoint_every = 3
 {extra}"#,
         vision = repo_path("tests/fixtures/models/clip_vision").display(),
