@@ -2,7 +2,7 @@
 //! every image they use (from the shared feature cache, built once), and what was skipped
 //! or truncated on the way.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -18,6 +18,8 @@ use crate::data::skips::SkipReport;
 use crate::model::clip::FeatureSelect;
 use crate::model::preprocess::PreprocessConfig;
 use crate::model::tokenizer::Tokenizer;
+
+use super::evaluate::EvalSet;
 
 /// Where `builtin:NAME` backbones live (built by `harness pretrain`), and the shared
 /// feature cache: `HARNESS_CACHE`, else `cache/` in the working folder.
@@ -51,6 +53,8 @@ pub struct StageData {
     pub truncation: Truncation,
     /// CLIP forward passes this preparation ran (0 when every image was cached).
     pub extracted: usize,
+    /// What the stage is scored on when it ends.
+    pub eval: EvalSet,
 }
 
 /// The data spec an experiment describes, with the image token count of its encoder.
@@ -90,11 +94,17 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
     let spec = spec(exp, tok, extractor.tokens())?;
     let builder = inspect::builder(&spec, tok)?;
 
+    let mut eval = EvalSet::default();
     let (train, val, mut skips, truncation) = match stage {
         1 => {
             let (tr, mut sk) = inspect::stage1_samples(&spec, "train", false)?;
             let (va, _) = inspect::stage1_samples(&DataSpec { stage1_limit: 0, ..spec.clone() }, "val", false)?;
             let va = first_images(va, exp.data.val_images as usize, |s| s.image.clone());
+            let mut refs: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+            for s in &va {
+                refs.entry(s.image.clone()).or_default().push(s.caption.clone());
+            }
+            eval.captions = refs.into_iter().take(exp.eval.caption_images as usize).collect();
             let (tr, s1, t1) = builder.build_all(&tr, SequenceBuilder::caption, |s| s.id.clone());
             let (va, _, _) = builder.build_all(&va, SequenceBuilder::caption, |s| s.id.clone());
             sk.merge(&s1);
@@ -102,6 +112,12 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
         }
         _ => {
             let (tr, va, mut sk) = inspect::stage2_samples(&spec, false)?;
+            eval.questions = va
+                .iter()
+                .filter_map(|c| c.image.as_ref().map(|p| (p, &c.turns)))
+                .flat_map(|(p, turns)| turns.iter().map(move |t| (p.clone(), t.clone())))
+                .take(exp.eval.qa_samples as usize)
+                .collect();
             let (tr, s2, t2) = builder.build_all(&tr, SequenceBuilder::conversation, |c| c.id.clone());
             let (va, _, _) = builder.build_all(&va, SequenceBuilder::conversation, |c| c.id.clone());
             sk.merge(&s2);
@@ -120,6 +136,9 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
     let (mut train, mut val) = (train, val);
     keep_cached(&mut train, &cache, &mut skips);
     keep_cached(&mut val, &cache, &mut SkipReport::default());
+    // Score only images whose features exist (an undecodable one is counted as a skip).
+    eval.captions.retain(|(p, _)| cache.get_f32(p).is_some());
+    eval.questions.retain(|(p, _)| cache.get_f32(p).is_some());
     anyhow::ensure!(!train.is_empty(), "stage {stage} has no training samples left (skips: {:?})", skips.metrics());
     let batcher = LlavaBatcher {
         pad_id: spec.pad_id,
@@ -127,7 +146,7 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
         feature_dim: cache.dim(),
         pad_to_multiple: 8,
     };
-    Ok(StageData { train, val, cache, batcher, skips, truncation, extracted: report.extracted })
+    Ok(StageData { train, val, cache, batcher, skips, truncation, extracted: report.extracted, eval })
 }
 
 /// The samples of the first `n` distinct images in a seeded but stable order (0 = all).

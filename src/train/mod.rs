@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod evaluate;
 pub mod grads;
 pub mod loss;
 pub mod schedule;
@@ -302,6 +303,8 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     }
     bar.finish_with_message("done");
     checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
+    let gallery = evaluate::run(ctx.stage, exp, &t.projector.valid(), &t.lm.valid(), &tok, &data.eval, &data.cache, ctx.metrics, state.step)?;
+    evaluate::write_samples(&ctx.run_dir, ctx.stage, gallery)?;
     Ok(())
 }
 

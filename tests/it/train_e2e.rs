@@ -50,6 +50,11 @@ projector_lr = 1e-3
 lora_rank = 8
 lora_alpha = 16
 checkpoint_every = 3
+[eval]
+caption_images = 8
+qa_samples = 40
+max_new_tokens = 24
+gallery = 4
 {extra}"#,
         vision = repo_path("tests/fixtures/models/clip_vision").display(),
         lm = repo_path("tests/fixtures/train/phi").display(),
@@ -110,6 +115,33 @@ fn two_stages_train_on_the_synthetic_world() {
     let cached2 = series(&rows, "stage2", "data", "clip_forward_images");
     assert_eq!(cached2, [0.0], "stage 2 reuses stage 1's cached features (same images)");
     assert!(rows.iter().any(|r| r.metric.starts_with("skipped/")));
+
+    // Evaluation at the end of each stage: caption metrics, QA accuracy per type, a gallery.
+    for m in ["Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"] {
+        let v = series(&rows, "stage1", "eval", m);
+        assert_eq!(v.len(), 1, "{m}");
+        assert!(v[0].is_finite() && v[0] >= 0.0, "{m} = {}", v[0]);
+    }
+    let acc = series(&rows, "stage2", "eval", "qa_acc");
+    assert_eq!(acc.len(), 1);
+    assert!((0.0..=1.0).contains(&acc[0]));
+    let types: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.stage == "stage2" && r.metric.starts_with("qa_acc/"))
+        .map(|r| r.metric.as_str())
+        .collect();
+    assert!(types.len() >= 2, "accuracy per question type: {types:?}");
+    eprintln!(
+        "eval: Bleu_4 {:.3} CIDEr {:.3} qa_acc {:.3} ({types:?})",
+        series(&rows, "stage1", "eval", "Bleu_4")[0],
+        series(&rows, "stage1", "eval", "CIDEr")[0],
+        acc[0]
+    );
+    let samples: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.run_dir(&id).join("samples.json")).unwrap()).unwrap();
+    let stages: Vec<&str> = samples.as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["stage1"; 4].iter().chain(&["stage2"; 4]).copied().collect::<Vec<_>>());
+    assert!(store.run_dir(&id).join("report.html").exists(), "a report is written when the run ends");
 }
 
 #[test]
