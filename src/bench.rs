@@ -76,13 +76,22 @@ impl Default for BenchConfig {
 
 impl BenchConfig {
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a benchmark config", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a benchmark config", path.display()))
     }
 
     fn phi(&self) -> PhiConfig {
-        PhiConfig::new(self.vocab, self.d_model, self.mlp, self.layers, self.heads, self.heads)
-            .with_partial_rotary_factor(self.partial_rotary)
+        PhiConfig::new(
+            self.vocab,
+            self.d_model,
+            self.mlp,
+            self.layers,
+            self.heads,
+            self.heads,
+        )
+        .with_partial_rotary_factor(self.partial_rotary)
     }
 }
 
@@ -107,7 +116,8 @@ fn batch<B: Backend>(c: &BenchConfig, device: &B::Device) -> LlavaBatch<B> {
             labels[r * len + t] = v;
         }
     }
-    let t = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [c.batch, len]), device);
+    let t =
+        |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [c.batch, len]), device);
     LlavaBatch {
         input_ids: t(ids),
         labels: t(labels),
@@ -129,9 +139,12 @@ pub fn stage1(c: &BenchConfig) -> StageTiming {
     let device = crate::backend::device(0);
     <Train as Backend>::seed(&device, 0);
     let lm: Phi<Train> = c.phi().init(&device).no_grad();
-    let mut projector: Projector<Train> =
-        ProjectorConfig::new(c.image_dim, c.d_model).with_depth(c.projector_depth).init(&device);
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<Train, Projector<Train>>();
+    let mut projector: Projector<Train> = ProjectorConfig::new(c.image_dim, c.d_model)
+        .with_depth(c.projector_depth)
+        .init(&device);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.0)
+        .init::<Train, Projector<Train>>();
     let b = batch::<Train>(c, &device);
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {

@@ -414,6 +414,8 @@ impl std::fmt::Display for Problem {
 }
 
 /// Semantic checks that do not touch the file system; all problems are reported at once.
+// `!(x > 0.0)` on purpose: NaN must fail these checks too.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut bad = |key: &str, message: String| {
@@ -523,6 +525,7 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
     out
 }
 
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 fn check_stage(prefix: &str, s: &StageConfig, bad: &mut impl FnMut(&str, String)) {
     let k = |f: &str| format!("{prefix}.{f}");
     if s.max_steps == 0 && !(s.epochs > 0.0) {

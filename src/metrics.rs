@@ -260,7 +260,7 @@ pub fn read_rows(dir: &Path) -> Result<Vec<Row>> {
             _ => out.push(r),
         }
     }
-    out.sort_by(|a, b| (a.timestamp_ms, a.step).cmp(&(b.timestamp_ms, b.step)));
+    out.sort_by_key(|r| (r.timestamp_ms, r.step));
     Ok(out)
 }
 

@@ -31,7 +31,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         s => anyhow::bail!("stage {s} is not benchmarked yet (stage 1 only)"),
     };
     if a.json {
-        println!("{}", serde_json::json!({ "impl": "harness", "backend": crate::backend::NAME, "config": cfg, "timing": t }));
+        println!(
+            "{}",
+            serde_json::json!({ "impl": "harness", "backend": crate::backend::NAME, "config": cfg, "timing": t })
+        );
     } else {
         println!(
             "harness ({}) {}: median {:.2} ms/step, mean {:.2}, {:.0} tokens/s, peak RSS {:.1} MiB",

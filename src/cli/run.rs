@@ -78,7 +78,7 @@ fn go(results: &Path, files: &[PathBuf], dry_run: bool, resume: bool) -> anyhow:
         ..Default::default()
     };
     let outcomes = plan::sweep(&store, files, &code, runner.as_ref(), &opts)?;
-    println!("{:<40} {:<12} {}", "RUN", "STATE", "NOTE");
+    println!("{:<40} {:<12} NOTE", "RUN", "STATE");
     let mut failed = 0;
     for o in &outcomes {
         match o {

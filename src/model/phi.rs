@@ -367,7 +367,12 @@ impl<B: Backend> Phi<B> {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(PhiLayer {
-                input_layernorm: ckpt.layer_norm(&format!("{p}.input_layernorm"), d, eps, device)?,
+                input_layernorm: ckpt.layer_norm(
+                    &format!("{p}.input_layernorm"),
+                    d,
+                    eps,
+                    device,
+                )?,
                 q_proj: lin(format!("{p}.self_attn.q_proj"), d, d)?,
                 k_proj: lin(format!("{p}.self_attn.k_proj"), d, kv)?,
                 v_proj: lin(format!("{p}.self_attn.v_proj"), d, kv)?,
@@ -404,7 +409,14 @@ impl<B: Backend> Phi<B> {
     pub fn freeze_base(self) -> Self {
         let mut m = self.no_grad();
         for l in &mut m.layers {
-            for lin in [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.dense, &mut l.fc1, &mut l.fc2] {
+            for lin in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.dense,
+                &mut l.fc1,
+                &mut l.fc2,
+            ] {
                 lin.lora = lin.lora.take().map(|a| a.trainable());
             }
         }
@@ -415,7 +427,6 @@ impl<B: Backend> Phi<B> {
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         self.embed_tokens.forward(ids)
     }
-
 }
 
 impl<B: QLoraBackend> Phi<B> {

@@ -172,7 +172,9 @@ pub fn fill_image_slots<B: crate::model::lora::QLoraBackend>(
 }
 
 /// HF-style `attention_mask` (`1` real, `0` padding) as the bool mask [`Phi`] takes.
-pub fn mask_from_int<B: crate::model::lora::QLoraBackend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, Bool> {
+pub fn mask_from_int<B: crate::model::lora::QLoraBackend>(
+    mask: Tensor<B, 2, Int>,
+) -> Tensor<B, 2, Bool> {
     mask.equal_elem(1)
 }
 

@@ -30,7 +30,11 @@ pub struct TrainState {
 
 impl TrainState {
     pub fn new(total_steps: u64) -> Self {
-        TrainState { step: 0, epoch: 0.0, total_steps }
+        TrainState {
+            step: 0,
+            epoch: 0.0,
+            total_steps,
+        }
     }
 }
 
@@ -50,7 +54,9 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
                 && p.join("state.json").exists()
         })
         .collect();
@@ -72,14 +78,25 @@ where
     OP: Optimizer<Projector<Train>, Train>,
     OL: Optimizer<Phi<Train>, Train>,
 {
-    Rec::new().record(t.projector.clone().into_record(), dir.join("projector")).context("saving the projector")?;
+    Rec::new()
+        .record(t.projector.clone().into_record(), dir.join("projector"))
+        .context("saving the projector")?;
     if t.optim_lm.is_some() {
-        Rec::new().record(t.lm.adapters().into_record(), dir.join("adapters")).context("saving the adapters")?;
+        Rec::new()
+            .record(t.lm.adapters().into_record(), dir.join("adapters"))
+            .context("saving the adapters")?;
     }
     if with_optim {
-        Rec::new().record(t.optim_projector.to_record(), dir.join("optimizer_projector")).context("saving the optimizer")?;
+        Rec::new()
+            .record(
+                t.optim_projector.to_record(),
+                dir.join("optimizer_projector"),
+            )
+            .context("saving the optimizer")?;
         if let Some(o) = &t.optim_lm {
-            Rec::new().record(o.to_record(), dir.join("optimizer_lora")).context("saving the optimizer")?;
+            Rec::new()
+                .record(o.to_record(), dir.join("optimizer_lora"))
+                .context("saving the optimizer")?;
         }
     }
     Ok(())
@@ -98,7 +115,8 @@ where
     write_parts(&tmp, t, true)?;
     fsutil::write_json(&tmp.join("state.json"), state)?;
     let _ = fs::remove_dir_all(&target);
-    fs::rename(&tmp, &target).with_context(|| format!("cannot move checkpoint to {}", target.display()))?;
+    fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot move checkpoint to {}", target.display()))?;
     fsutil::sync_dir(dir);
     let all = list(dir)?;
     for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
@@ -108,7 +126,11 @@ where
 }
 
 /// Restores the trained parts, their optimizers and the state from a checkpoint folder.
-pub fn load<OP, OL>(ck: &Path, t: Trained<OP, OL>, device: &super::Device) -> Result<(Trained<OP, OL>, TrainState)>
+pub fn load<OP, OL>(
+    ck: &Path,
+    t: Trained<OP, OL>,
+    device: &super::Device,
+) -> Result<(Trained<OP, OL>, TrainState)>
 where
     OP: Optimizer<Projector<Train>, Train>,
     OL: Optimizer<Phi<Train>, Train>,
@@ -116,22 +138,36 @@ where
     let rec = |name: &str| ck.join(name);
     let projector = load_projector(t.projector, ck, device)?;
     let optim_projector = t.optim_projector.load_record(
-        Rec::new().load(rec("optimizer_projector"), device).with_context(|| format!("loading {}", rec("optimizer_projector.mpk").display()))?,
+        Rec::new()
+            .load(rec("optimizer_projector"), device)
+            .with_context(|| format!("loading {}", rec("optimizer_projector.mpk").display()))?,
     );
     let (lm, optim_lm) = match t.optim_lm {
         Some(o) => {
             let adapters = t.lm.adapters().load_record(
-                Rec::new().load(rec("adapters"), device).with_context(|| format!("loading {}", rec("adapters.mpk").display()))?,
+                Rec::new()
+                    .load(rec("adapters"), device)
+                    .with_context(|| format!("loading {}", rec("adapters.mpk").display()))?,
             );
             let o = o.load_record(
-                Rec::new().load(rec("optimizer_lora"), device).with_context(|| format!("loading {}", rec("optimizer_lora.mpk").display()))?,
+                Rec::new()
+                    .load(rec("optimizer_lora"), device)
+                    .with_context(|| format!("loading {}", rec("optimizer_lora.mpk").display()))?,
             );
             (t.lm.with_adapters(adapters), Some(o))
         }
         None => (t.lm, None),
     };
     let s: TrainState = fsutil::read_json(&ck.join("state.json"))?;
-    Ok((Trained { projector, optim_projector, lm, optim_lm }, s))
+    Ok((
+        Trained {
+            projector,
+            optim_projector,
+            lm,
+            optim_lm,
+        },
+        s,
+    ))
 }
 
 /// Writes `final/` (projector, and adapters in stage 2): what the next stage, evaluation
@@ -153,10 +189,19 @@ where
 }
 
 /// Loads adapters from a `final/` (or step) folder into `lm`.
-pub fn load_adapters<B: burn::tensor::backend::Backend>(lm: Phi<B>, dir: &Path, device: &B::Device) -> Result<Phi<B>> {
+pub fn load_adapters<B: burn::tensor::backend::Backend>(
+    lm: Phi<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Phi<B>> {
     let rec = Rec::new()
         .load(dir.join("adapters"), device)
-        .with_context(|| format!("loading the LoRA adapters from {}", dir.join("adapters.mpk").display()))?;
+        .with_context(|| {
+            format!(
+                "loading the LoRA adapters from {}",
+                dir.join("adapters.mpk").display()
+            )
+        })?;
     let a = lm.adapters().load_record(rec);
     Ok(lm.with_adapters(a))
 }
@@ -169,6 +214,11 @@ pub fn load_projector<B: burn::tensor::backend::Backend>(
 ) -> Result<Projector<B>> {
     let rec = Rec::new()
         .load(dir.join("projector"), device)
-        .with_context(|| format!("loading the projector from {}", dir.join("projector.mpk").display()))?;
+        .with_context(|| {
+            format!(
+                "loading the projector from {}",
+                dir.join("projector.mpk").display()
+            )
+        })?;
     Ok(projector.load_record(rec))
 }

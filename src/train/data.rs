@@ -24,7 +24,9 @@ use super::evaluate::EvalSet;
 /// Where `builtin:NAME` backbones live (built by `harness pretrain`), and the shared
 /// feature cache: `HARNESS_CACHE`, else `cache/` in the working folder.
 pub fn cache_root() -> PathBuf {
-    std::env::var_os("HARNESS_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cache"))
+    std::env::var_os("HARNESS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cache"))
 }
 
 /// A checkpoint folder named in the config: a path, or `builtin:NAME`.
@@ -59,7 +61,10 @@ pub struct StageData {
 
 /// The data spec an experiment describes, with the image token count of its encoder.
 pub fn spec(exp: &Experiment, tok: &Tokenizer, image_tokens: usize) -> Result<DataSpec> {
-    let pad_id = tok.pad_id.or(tok.eos_id).context("the tokenizer has neither pad nor eos")?;
+    let pad_id = tok
+        .pad_id
+        .or(tok.eos_id)
+        .context("the tokenizer has neither pad nor eos")?;
     Ok(DataSpec {
         coco_root: exp.data.coco_root.clone().into(),
         instruct_json: exp.data.instruct_json.clone().into(),
@@ -76,8 +81,14 @@ pub fn spec(exp: &Experiment, tok: &Tokenizer, image_tokens: usize) -> Result<Da
 }
 
 /// The feature selection and preprocessing an experiment asks of its vision tower.
-pub fn vision_setup(exp: &Experiment, vision_dir: &Path) -> Result<(FeatureSelect, PreprocessConfig)> {
-    let select = FeatureSelect { layer: exp.model.feature_layer, with_cls: exp.model.feature_select == SelectCfg::ClsPatch };
+pub fn vision_setup(
+    exp: &Experiment,
+    vision_dir: &Path,
+) -> Result<(FeatureSelect, PreprocessConfig)> {
+    let select = FeatureSelect {
+        layer: exp.model.feature_layer,
+        with_cls: exp.model.feature_select == SelectCfg::ClsPatch,
+    };
     let mut pre = PreprocessConfig::load(vision_dir)?;
     pre.pad_to_square = exp.model.image_aspect == ImageAspect::Pad;
     Ok((select, pre))
@@ -85,7 +96,12 @@ pub fn vision_setup(exp: &Experiment, vision_dir: &Path) -> Result<(FeatureSelec
 
 /// Loads stage `stage`'s samples, builds sequences, and makes sure every image has cached
 /// CLIP features (computing only the missing ones).
-pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) -> Result<StageData> {
+pub fn prepare(
+    exp: &Experiment,
+    stage: u8,
+    vision_dir: &Path,
+    tok: &Tokenizer,
+) -> Result<StageData> {
     let device = crate::backend::device(exp.devices[0]);
     let (select, pre) = vision_setup(exp, vision_dir)?;
     let extractor = ClipExtractor::<Compute>::from_dir(vision_dir, select, &device)
@@ -98,13 +114,25 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
     let (train, val, mut skips, truncation) = match stage {
         1 => {
             let (tr, mut sk) = inspect::stage1_samples(&spec, "train", false)?;
-            let (va, _) = inspect::stage1_samples(&DataSpec { stage1_limit: 0, ..spec.clone() }, "val", false)?;
+            let (va, _) = inspect::stage1_samples(
+                &DataSpec {
+                    stage1_limit: 0,
+                    ..spec.clone()
+                },
+                "val",
+                false,
+            )?;
             let va = first_images(va, exp.data.val_images as usize, |s| s.image.clone());
             let mut refs: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
             for s in &va {
-                refs.entry(s.image.clone()).or_default().push(s.caption.clone());
+                refs.entry(s.image.clone())
+                    .or_default()
+                    .push(s.caption.clone());
             }
-            eval.captions = refs.into_iter().take(exp.eval.caption_images as usize).collect();
+            eval.captions = refs
+                .into_iter()
+                .take(exp.eval.caption_images as usize)
+                .collect();
             let (tr, s1, t1) = builder.build_all(&tr, SequenceBuilder::caption, |s| s.id.clone());
             let (va, _, _) = builder.build_all(&va, SequenceBuilder::caption, |s| s.id.clone());
             sk.merge(&s1);
@@ -118,8 +146,10 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
                 .flat_map(|(p, turns)| turns.iter().map(move |t| (p.clone(), t.clone())))
                 .take(exp.eval.qa_samples as usize)
                 .collect();
-            let (tr, s2, t2) = builder.build_all(&tr, SequenceBuilder::conversation, |c| c.id.clone());
-            let (va, _, _) = builder.build_all(&va, SequenceBuilder::conversation, |c| c.id.clone());
+            let (tr, s2, t2) =
+                builder.build_all(&tr, SequenceBuilder::conversation, |c| c.id.clone());
+            let (va, _, _) =
+                builder.build_all(&va, SequenceBuilder::conversation, |c| c.id.clone());
             sk.merge(&s2);
             (tr, va, sk, t2)
         }
@@ -131,22 +161,44 @@ pub fn prepare(exp: &Experiment, stage: u8, vision_dir: &Path, tok: &Tokenizer) 
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let opts = BuildOptions { progress: true, ..Default::default() };
-    let (cache, report) = FeatureCache::build(&cache_root().join("features"), &extractor, &pre, &images, &opts)?;
+    let opts = BuildOptions {
+        progress: true,
+        ..Default::default()
+    };
+    let (cache, report) = FeatureCache::build(
+        &cache_root().join("features"),
+        &extractor,
+        &pre,
+        &images,
+        &opts,
+    )?;
     let (mut train, mut val) = (train, val);
     keep_cached(&mut train, &cache, &mut skips);
     keep_cached(&mut val, &cache, &mut SkipReport::default());
     // Score only images whose features exist (an undecodable one is counted as a skip).
     eval.captions.retain(|(p, _)| cache.get_f32(p).is_some());
     eval.questions.retain(|(p, _)| cache.get_f32(p).is_some());
-    anyhow::ensure!(!train.is_empty(), "stage {stage} has no training samples left (skips: {:?})", skips.metrics());
+    anyhow::ensure!(
+        !train.is_empty(),
+        "stage {stage} has no training samples left (skips: {:?})",
+        skips.metrics()
+    );
     let batcher = LlavaBatcher {
         pad_id: spec.pad_id,
         image_tokens: cache.tokens(),
         feature_dim: cache.dim(),
         pad_to_multiple: 8,
     };
-    Ok(StageData { train, val, cache, batcher, skips, truncation, extracted: report.extracted, eval })
+    Ok(StageData {
+        train,
+        val,
+        cache,
+        batcher,
+        skips,
+        truncation,
+        extracted: report.extracted,
+        eval,
+    })
 }
 
 /// The samples of the first `n` distinct images in a seeded but stable order (0 = all).
@@ -154,8 +206,16 @@ fn first_images<T>(samples: Vec<T>, n: usize, image: impl Fn(&T) -> PathBuf) -> 
     if n == 0 {
         return samples;
     }
-    let mut names: Vec<PathBuf> = samples.iter().map(&image).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut names: Vec<PathBuf> = samples
+        .iter()
+        .map(&image)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     names.truncate(n);
     let keep: BTreeSet<PathBuf> = names.into_iter().collect();
-    samples.into_iter().filter(|s| keep.contains(&image(s))).collect()
+    samples
+        .into_iter()
+        .filter(|s| keep.contains(&image(s)))
+        .collect()
 }

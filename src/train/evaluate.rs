@@ -45,7 +45,10 @@ fn options(exp: &Experiment, tok: &Tokenizer) -> GenerateOptions {
         max_new_tokens: exp.eval.max_new_tokens as usize,
         eos: tok.eos_id,
         decoding: if exp.eval.beams > 1 {
-            Decoding::Beam { width: exp.eval.beams as usize, length_penalty: 1.0 }
+            Decoding::Beam {
+                width: exp.eval.beams as usize,
+                length_penalty: 1.0,
+            }
         } else {
             Decoding::Greedy
         },
@@ -53,7 +56,11 @@ fn options(exp: &Experiment, tok: &Tokenizer) -> GenerateOptions {
     }
 }
 
-fn features(cache: &FeatureCache, images: &[&PathBuf], device: &burn::tensor::Device<Compute>) -> Tensor<Compute, 3> {
+fn features(
+    cache: &FeatureCache,
+    images: &[&PathBuf],
+    device: &burn::tensor::Device<Compute>,
+) -> Tensor<Compute, 3> {
     let (t, d) = (cache.tokens(), cache.dim());
     let mut v = Vec::with_capacity(images.len() * t * d);
     for p in images {
@@ -84,25 +91,60 @@ pub fn run(
     let label = |p: &Path| Some(p.display().to_string());
     if stage == 1 && !set.captions.is_empty() {
         let images: Vec<&PathBuf> = set.captions.iter().map(|(p, _)| p).collect();
-        let out = eval::caption_images(projector, lm, tok, features(cache, &images, &device), &PromptLayout::caption(), &opts, batch)?;
+        let out = eval::caption_images(
+            projector,
+            lm,
+            tok,
+            features(cache, &images, &device),
+            &PromptLayout::caption(),
+            &opts,
+            batch,
+        )?;
         let preds: BTreeMap<usize, String> = out.iter().cloned().enumerate().collect();
-        let refs: BTreeMap<usize, Vec<String>> = set.captions.iter().map(|(_, r)| r.clone()).enumerate().collect();
+        let refs: BTreeMap<usize, Vec<String>> = set
+            .captions
+            .iter()
+            .map(|(_, r)| r.clone())
+            .enumerate()
+            .collect();
         let scores = eval::score_raw(&preds, &refs)?;
         for (k, v) in scores.named() {
             metrics.log(&name, "eval", step, 0.0, k, v)?;
         }
         for ((img, r), o) in set.captions.iter().zip(&out).take(shown) {
-            gallery.push(Sample { image: label(img), prompt: String::new(), reference: r.join(" | "), output: o.clone(), stage: name.clone() });
+            gallery.push(Sample {
+                image: label(img),
+                prompt: String::new(),
+                reference: r.join(" | "),
+                output: o.clone(),
+                stage: name.clone(),
+            });
         }
     }
     if stage == 2 && !set.questions.is_empty() {
         let template = ChatTemplate::named(&exp.data.template)?;
         let images: Vec<&PathBuf> = set.questions.iter().map(|(p, _)| p).collect();
-        let qs: Vec<String> = set.questions.iter().map(|(_, q)| q.question.clone()).collect();
-        let out = eval::answer_questions(projector, lm, tok, &template, features(cache, &images, &device), &qs, &opts, batch)?;
+        let qs: Vec<String> = set
+            .questions
+            .iter()
+            .map(|(_, q)| q.question.clone())
+            .collect();
+        let out = eval::answer_questions(
+            projector,
+            lm,
+            tok,
+            &template,
+            features(cache, &images, &device),
+            &qs,
+            &opts,
+            batch,
+        )?;
         let mut acc = QaAccuracy::default();
         for ((_, q), o) in set.questions.iter().zip(&out) {
-            acc.add(q.qtype.as_deref().unwrap_or("other"), eval::qa_exact_match(o, &q.answer));
+            acc.add(
+                q.qtype.as_deref().unwrap_or("other"),
+                eval::qa_exact_match(o, &q.answer),
+            );
         }
         for (kind, v) in acc.fractions() {
             metrics.log(&name, "eval", step, 0.0, &format!("qa_acc/{kind}"), v)?;
@@ -111,7 +153,13 @@ pub fn run(
             metrics.log(&name, "eval", step, 0.0, "qa_acc", all)?;
         }
         for ((img, q), o) in set.questions.iter().zip(&out).take(shown) {
-            gallery.push(Sample { image: label(img), prompt: q.question.clone(), reference: q.answer.clone(), output: o.clone(), stage: name.clone() });
+            gallery.push(Sample {
+                image: label(img),
+                prompt: q.question.clone(),
+                reference: q.answer.clone(),
+                output: o.clone(),
+                stage: name.clone(),
+            });
         }
     }
     Ok(gallery)

@@ -23,8 +23,15 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredSum<'_, B> {
 }
 
 /// The L2 norm of all of `module`'s gradients in `grads`.
-pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut v = SquaredSum::<B> { grads, total: 0.0, _b: Default::default() };
+pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut v = SquaredSum::<B> {
+        grads,
+        total: 0.0,
+        _b: Default::default(),
+    };
     module.visit(&mut v);
     v.total.sqrt()
 }
@@ -44,16 +51,28 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
 }
 
 /// Multiplies every gradient of `module` in `grads` by `factor`.
-pub fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, factor: f64) {
+pub fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    factor: f64,
+) {
     if factor != 1.0 {
-        module.visit(&mut Scale::<B> { grads, factor, _b: Default::default() });
+        module.visit(&mut Scale::<B> {
+            grads,
+            factor,
+            _b: Default::default(),
+        });
     }
 }
 
 /// Clips like `torch.nn.utils.clip_grad_norm_(max_norm)`: when the global norm exceeds
 /// `max_norm`, every gradient is scaled by `max_norm / (norm + 1e-6)`. Returns the norm
 /// before clipping. `max_norm <= 0` only measures.
-pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
     let norm = global_norm::<B, M>(module, grads);
     if max_norm > 0.0 && norm > max_norm {
         scale::<B, M>(module, grads, max_norm / (norm + 1e-6));
@@ -80,6 +99,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Accumulate<'_, B> {
 }
 
 /// Adds `from` into `into` for `module`'s parameters (gradient accumulation).
-pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, into: &mut GradientsParams, mut from: GradientsParams) {
-    module.visit(&mut Accumulate::<B> { into, from: &mut from, _b: Default::default() });
+pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    into: &mut GradientsParams,
+    mut from: GradientsParams,
+) {
+    module.visit(&mut Accumulate::<B> {
+        into,
+        from: &mut from,
+        _b: Default::default(),
+    });
 }

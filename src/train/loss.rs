@@ -9,7 +9,10 @@ use crate::data::sequence::IGNORE;
 
 /// Mean cross-entropy over target tokens, and their count. `logits` `[b, L, V]`, `labels`
 /// `[b, L]` (unshifted, as in the batch).
-pub fn masked_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> (Tensor<B, 1>, usize) {
+pub fn masked_lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, usize) {
     let [b, l, v] = logits.dims();
     let logits = logits.slice([0..b, 0..l - 1, 0..v]);
     let labels = labels.slice([0..b, 1..l]);
@@ -17,7 +20,9 @@ pub fn masked_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     let count = keep.clone().int().sum().into_scalar().elem::<i64>() as usize;
     let safe = labels.mask_fill(keep.clone().bool_not(), 0);
     let logp = log_softmax(logits, 2);
-    let picked = logp.gather(2, safe.unsqueeze_dim::<3>(2)).reshape([b, l - 1]);
+    let picked = logp
+        .gather(2, safe.unsqueeze_dim::<3>(2))
+        .reshape([b, l - 1]);
     let masked = picked * keep.float();
     let loss = masked.sum().neg() / (count.max(1) as f64);
     (loss, count)
@@ -36,7 +41,8 @@ mod tests {
             TensorData::new(vec![0.0f32, 1.0, 2.0, 0.0, 5.0, 5.0], [1, 3, 2]),
             &dev,
         );
-        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![-100i64, -100, 1], [1, 3]), &dev);
+        let labels =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![-100i64, -100, 1], [1, 3]), &dev);
         let (loss, n) = masked_lm_loss(logits, labels);
         assert_eq!(n, 1);
         // Position 1 predicts label 1: logits [2, 0] -> -log softmax[1].

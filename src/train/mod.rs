@@ -30,7 +30,7 @@ use crate::model::projector::{Projector, ProjectorConfig, ProjectorKind};
 use crate::model::tokenizer::Tokenizer;
 use crate::stage::{Interrupted, StageContext, StageRunner};
 
-use self::checkpoint::{Trained, TrainState};
+use self::checkpoint::{TrainState, Trained};
 use self::data::StageData;
 use self::schedule::LrSchedule;
 
@@ -52,12 +52,18 @@ pub fn projector_config(exp: &Experiment, d_vision: usize, d_lm: usize) -> Proje
         KindCfg::Residual => ProjectorKind::Residual,
         KindCfg::Mlp2xGelu => ProjectorKind::Mlp2xGelu,
     };
-    ProjectorConfig::new(d_vision, d_lm).with_depth(exp.model.projector_depth as usize).with_kind(kind)
+    ProjectorConfig::new(d_vision, d_lm)
+        .with_depth(exp.model.projector_depth as usize)
+        .with_kind(kind)
 }
 
 /// Projects the batch's image features and splices them into the token embeddings at each
 /// row's image slot; returns the LM's logits for every position.
-pub fn forward<B: QLoraBackend>(projector: &Projector<B>, lm: &Phi<B>, batch: &LlavaBatch<B>) -> Tensor<B, 3> {
+pub fn forward<B: QLoraBackend>(
+    projector: &Projector<B>,
+    lm: &Phi<B>,
+    batch: &LlavaBatch<B>,
+) -> Tensor<B, 3> {
     let embeds = lm.embed(batch.input_ids.clone());
     let images = projector.forward(batch.image_features.clone());
     let embeds = splice(embeds, images, &batch.image_start);
@@ -66,7 +72,11 @@ pub fn forward<B: QLoraBackend>(projector: &Projector<B>, lm: &Phi<B>, batch: &L
 }
 
 /// Replaces positions `start .. start + patches` of each row with that row's image.
-pub fn splice<B: Backend>(embeds: Tensor<B, 3>, images: Tensor<B, 3>, starts: &[Option<usize>]) -> Tensor<B, 3> {
+pub fn splice<B: Backend>(
+    embeds: Tensor<B, 3>,
+    images: Tensor<B, 3>,
+    starts: &[Option<usize>],
+) -> Tensor<B, 3> {
     let [b, l, d] = embeds.dims();
     let p = images.dims()[1];
     let row = |r: usize, s: Option<usize>| -> Tensor<B, 3> {
@@ -126,21 +136,31 @@ pub fn peak_rss_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kb| kb * 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 /// Mean loss over the validation sequences (inference backend, no graph).
-fn validate<B: QLoraBackend>(projector: &Projector<B>, lm: &Phi<B>, data: &StageData, batch: usize, device: &B::Device) -> Option<f64> {
+fn validate<B: QLoraBackend>(
+    projector: &Projector<B>,
+    lm: &Phi<B>,
+    data: &StageData,
+    batch: usize,
+    device: &B::Device,
+) -> Option<f64> {
     if data.val.is_empty() {
         return None;
     }
     let (mut sum, mut count) = (0.0, 0usize);
     let idx: Vec<usize> = (0..data.val.len()).collect();
     for chunk in idx.chunks(batch) {
-        let b = data.batcher.batch::<B>(cached_items(&data.val, chunk, &data.cache), device);
+        let b = data
+            .batcher
+            .batch::<B>(cached_items(&data.val, chunk, &data.cache), device);
         let (loss, n) = loss::masked_lm_loss(forward(projector, lm, &b), b.labels.clone());
         sum += loss.into_scalar().elem::<f64>() * n as f64;
         count += n;
@@ -156,7 +176,8 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     let device = crate::backend::device(exp.devices[0]);
     let vision_dir = data::backbone_dir(&exp.model.vision)?;
     let lm_dir = data::backbone_dir(&exp.model.lm)?;
-    let tok = Tokenizer::from_dir(&lm_dir).with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
+    let tok = Tokenizer::from_dir(&lm_dir)
+        .with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
 
     // Data: sequences and cached CLIP features; what was skipped goes into the metrics.
     let data = data::prepare(exp, ctx.stage, &vision_dir, &tok)?;
@@ -177,20 +198,39 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
 
     // Models: Phi frozen (stage 2: NF4 base when configured, LoRA adapters trainable), the
     // projector trainable (stage 2 starts from stage 1's).
-    let lora = if ctx.stage == 2 { LoraConfig::from_stage2(&exp.stage2) } else { LoraConfig::frozen() };
+    let lora = if ctx.stage == 2 {
+        LoraConfig::from_stage2(&exp.stage2)
+    } else {
+        LoraConfig::frozen()
+    };
     let lm_cfg = PhiConfig::load(&lm_dir)?;
     let ckpt = Checkpoint::open(&lm_dir)?;
     <Train as Backend>::seed(&device, exp.seed);
     let lm = Phi::<Train>::load_with(&ckpt, &lm_cfg, &device, &lora)?.freeze_base();
     drop(ckpt);
-    let mut projector: Projector<Train> = projector_config(exp, data.cache.dim(), lm_cfg.hidden_size).init(&device);
+    let mut projector: Projector<Train> =
+        projector_config(exp, data.cache.dim(), lm_cfg.hidden_size).init(&device);
     if let Some(dir) = &ctx.stage1_dir {
         projector = checkpoint::load_projector(projector, &dir.join("final"), &device)?;
     }
     if ctx.stage == 2 {
         let m = &mut *ctx.metrics;
-        m.log(&stage, "data", 0, 0.0, "lm_base_linear_bytes", lm.base_linear_bytes() as f64)?;
-        m.log(&stage, "data", 0, 0.0, "adapter_params", lm.adapters().num_params() as f64)?;
+        m.log(
+            &stage,
+            "data",
+            0,
+            0.0,
+            "lm_base_linear_bytes",
+            lm.base_linear_bytes() as f64,
+        )?;
+        m.log(
+            &stage,
+            "data",
+            0,
+            0.0,
+            "adapter_params",
+            lm.adapters().num_params() as f64,
+        )?;
     }
     let mut t = Trained {
         projector,
@@ -203,14 +243,22 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     let total = total_steps(&opt, micro_per_epoch);
     // Stage 1's projector learns at `lr`; in stage 2 `lr` is the adapters' and the
     // projector has `projector_lr`.
-    let (lr_projector, lr_lm) = if ctx.stage == 2 { (exp.stage2.projector_lr, opt.lr) } else { (opt.lr, 0.0) };
+    let (lr_projector, lr_lm) = if ctx.stage == 2 {
+        (exp.stage2.projector_lr, opt.lr)
+    } else {
+        (opt.lr, 0.0)
+    };
     let sched_p = LrSchedule::new(&opt, lr_projector, total);
     let sched_l = LrSchedule::new(&opt, lr_lm, total);
     let mut state = TrainState::new(total);
     if ctx.resume {
         if let Some(ck) = checkpoint::latest(&ctx.checkpoint_dir)? {
             (t, state) = checkpoint::load(&ck, t, &device)?;
-            eprintln!("{stage}: resuming at step {} from {}", state.step, ck.display());
+            eprintln!(
+                "{stage}: resuming at step {} from {}",
+                state.step,
+                ck.display()
+            );
         }
     }
 
@@ -223,7 +271,10 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         let t0 = Instant::now();
         // Dropout and any other randomness depend on (seed, step) only, so a resumed run
         // draws what an uninterrupted one would.
-        <Train as Backend>::seed(&device, exp.seed ^ (state.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        <Train as Backend>::seed(
+            &device,
+            exp.seed ^ (state.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let (mut gp, mut gl) = (GradientsParams::new(), GradientsParams::new());
         let (mut loss_sum, mut targets, mut tokens, mut samples) = (0.0, 0usize, 0usize, 0usize);
         for k in 0..accum {
@@ -234,21 +285,36 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
                 order_epoch = epoch;
             }
             let idx = &order[micro % micro_per_epoch];
-            let batch = data.batcher.batch::<Train>(cached_items(&data.train, idx, &data.cache), &device);
+            let batch = data
+                .batcher
+                .batch::<Train>(cached_items(&data.train, idx, &data.cache), &device);
             tokens += batch.lengths.iter().sum::<usize>();
             samples += idx.len();
-            let (loss, n) = loss::masked_lm_loss(forward(&t.projector, &t.lm, &batch), batch.labels.clone());
+            let (loss, n) =
+                loss::masked_lm_loss(forward(&t.projector, &t.lm, &batch), batch.labels.clone());
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             targets += n;
             let mut g = (loss / accum as f64).backward();
-            grads::accumulate::<Train, _>(&t.projector, &mut gp, GradientsParams::from_module(&mut g, &t.projector));
+            grads::accumulate::<Train, _>(
+                &t.projector,
+                &mut gp,
+                GradientsParams::from_module(&mut g, &t.projector),
+            );
             if t.optim_lm.is_some() {
-                grads::accumulate::<Train, _>(&t.lm, &mut gl, GradientsParams::from_module(&mut g, &t.lm));
+                grads::accumulate::<Train, _>(
+                    &t.lm,
+                    &mut gl,
+                    GradientsParams::from_module(&mut g, &t.lm),
+                );
             }
         }
         // One global norm over everything trained, as torch's clip_grad_norm_ over all params.
         let np = grads::global_norm::<Train, _>(&t.projector, &gp);
-        let nl = if t.optim_lm.is_some() { grads::global_norm::<Train, _>(&t.lm, &gl) } else { 0.0 };
+        let nl = if t.optim_lm.is_some() {
+            grads::global_norm::<Train, _>(&t.lm, &gl)
+        } else {
+            0.0
+        };
         let grad_norm = (np * np + nl * nl).sqrt();
         if opt.clip_grad_norm > 0.0 && grad_norm > opt.clip_grad_norm {
             let f = opt.clip_grad_norm / (grad_norm + 1e-6);
@@ -285,7 +351,13 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
 
         let last = state.step == total;
         if (opt.eval_every > 0 && s % opt.eval_every == 0) || last {
-            if let Some(v) = validate(&t.projector.valid(), &t.lm.valid(), &data, opt.batch as usize, &device) {
+            if let Some(v) = validate(
+                &t.projector.valid(),
+                &t.lm.valid(),
+                &data,
+                opt.batch as usize,
+                &device,
+            ) {
                 m.log(&stage, "val", s, e, "loss", v)?;
                 m.log(&stage, "val", s, e, "perplexity", v.exp())?;
             }
@@ -294,7 +366,12 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         if (opt.checkpoint_every > 0 && s % opt.checkpoint_every == 0) || interrupted || last {
             // Metrics first: a checkpoint never claims steps whose metrics were lost.
             ctx.metrics.flush()?;
-            checkpoint::save(&ctx.checkpoint_dir, &t, &state, opt.keep_checkpoints as usize)?;
+            checkpoint::save(
+                &ctx.checkpoint_dir,
+                &t,
+                &state,
+                opt.keep_checkpoints as usize,
+            )?;
         }
         if interrupted && !last {
             bar.abandon_with_message(format!("interrupted at step {s}"));
@@ -303,7 +380,17 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     }
     bar.finish_with_message("done");
     checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
-    let gallery = evaluate::run(ctx.stage, exp, &t.projector.valid(), &t.lm.valid(), &tok, &data.eval, &data.cache, ctx.metrics, state.step)?;
+    let gallery = evaluate::run(
+        ctx.stage,
+        exp,
+        &t.projector.valid(),
+        &t.lm.valid(),
+        &tok,
+        &data.eval,
+        &data.cache,
+        ctx.metrics,
+        state.step,
+    )?;
     evaluate::write_samples(&ctx.run_dir, ctx.stage, gallery)?;
     Ok(())
 }
@@ -311,9 +398,11 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
 fn progress(stage: &str, total: u64, at: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(stage.to_string());
     bar.set_position(at);

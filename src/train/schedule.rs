@@ -50,7 +50,12 @@ mod tests {
     use super::*;
 
     fn sched(kind: Schedule, warmup: f64, floor: f64) -> LrSchedule {
-        let cfg = StageConfig { warmup, schedule: kind, min_lr_ratio: floor, ..Default::default() };
+        let cfg = StageConfig {
+            warmup,
+            schedule: kind,
+            min_lr_ratio: floor,
+            ..Default::default()
+        };
         LrSchedule::new(&cfg, 1.0, 100)
     }
 
@@ -62,7 +67,10 @@ mod tests {
         assert!((s.lr(1) - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.lr(3), 1.0);
         // Halfway through the decay the cosine is at one half.
-        assert!((s.lr(3 + 97 / 2) - 0.5 * (1.0 + (std::f64::consts::PI * 48.0 / 97.0).cos())).abs() < 1e-12);
+        assert!(
+            (s.lr(3 + 97 / 2) - 0.5 * (1.0 + (std::f64::consts::PI * 48.0 / 97.0).cos())).abs()
+                < 1e-12
+        );
         assert!(s.lr(100).abs() < 1e-12);
     }
 

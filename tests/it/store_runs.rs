@@ -23,10 +23,10 @@ fn concurrent_claims_in_threads_have_one_winner() {
                 let (s, b, id) = (store.clone(), barrier.clone(), id.clone());
                 std::thread::spawn(move || {
                     b.wait();
-                    s.claim_run(&id).ok().map(|c| {
-                        std::thread::sleep(Duration::from_millis(50));
-                        c
-                    })
+                    // Hold a won claim a moment so the others meet it.
+                    s.claim_run(&id)
+                        .ok()
+                        .inspect(|_| std::thread::sleep(Duration::from_millis(50)))
                 })
             })
             .collect();

@@ -15,7 +15,13 @@ use harness::store::{State, Store};
 use crate::common::{harness_train, repo_path, write};
 
 fn world(dir: &Path) {
-    let o = SynthOptions { images: 160, size: 32, seed: 3, val_fraction: 0.1, threads: 2 };
+    let o = SynthOptions {
+        images: 160,
+        size: 32,
+        seed: 3,
+        val_fraction: 0.1,
+        threads: 2,
+    };
     generate(&dir.join("synth"), &o).unwrap();
 }
 
@@ -64,7 +70,10 @@ gallery = 4
 }
 
 fn series(rows: &[metrics::Row], stage: &str, split: &str, metric: &str) -> Vec<f64> {
-    rows.iter().filter(|r| r.stage == stage && r.split == split && r.metric == metric).map(|r| r.value).collect()
+    rows.iter()
+        .filter(|r| r.stage == stage && r.split == split && r.metric == metric)
+        .map(|r| r.value)
+        .collect()
 }
 
 fn projector_values(run_dir: &Path) -> Vec<f32> {
@@ -76,7 +85,11 @@ fn projector_values(run_dir: &Path) -> Vec<f32> {
         .unwrap();
     let p = p.load_record(rec);
     let mut out = vec![];
-    for t in [p.input.weight.val(), p.blocks[0].w1.weight.val(), p.blocks[0].w2.weight.val()] {
+    for t in [
+        p.input.weight.val(),
+        p.blocks[0].w1.weight.val(),
+        p.blocks[0].w2.weight.val(),
+    ] {
         out.extend(t.into_data().to_vec::<f32>().unwrap());
     }
     out
@@ -88,8 +101,16 @@ fn two_stages_train_on_the_synthetic_world() {
     world(d.path());
     let (results, cache) = (d.path().join("results"), d.path().join("cache"));
     let f = exp(d.path(), "e2e", 100, "");
-    let out = harness_train(d.path(), &results, &cache).arg("run").arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = harness_train(d.path(), &results, &cache)
+        .arg("run")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = Store::new(&results);
     let id = store.resolve("e2e").unwrap();
     assert_eq!(store.read_status(&id).unwrap().state, State::Completed);
@@ -102,8 +123,18 @@ fn two_stages_train_on_the_synthetic_world() {
     eprintln!("stage 1 loss: first 5 steps {first:.3}, last 5 steps {last:.3}");
     // Captions have irreducible entropy (five paraphrases per image, shapes in any order),
     // so the floor is far above zero: measured 1.13 -> 0.78 at this size.
-    assert!(last < 0.75 * first, "stage-1 loss must fall well below its start: {first} -> {last}");
-    for m in ["lr", "grad_norm", "tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_bytes"] {
+    assert!(
+        last < 0.75 * first,
+        "stage-1 loss must fall well below its start: {first} -> {last}"
+    );
+    for m in [
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "samples_per_s",
+        "step_time_s",
+        "peak_mem_bytes",
+    ] {
         assert_eq!(series(&rows, "stage1", "train", m).len(), 100, "{m}");
     }
     assert!(!series(&rows, "stage1", "val", "loss").is_empty());
@@ -113,7 +144,11 @@ fn two_stages_train_on_the_synthetic_world() {
     let cached = series(&rows, "stage1", "data", "clip_forward_images");
     assert!(cached[0] > 0.0, "the first stage computes CLIP features");
     let cached2 = series(&rows, "stage2", "data", "clip_forward_images");
-    assert_eq!(cached2, [0.0], "stage 2 reuses stage 1's cached features (same images)");
+    assert_eq!(
+        cached2,
+        [0.0],
+        "stage 2 reuses stage 1's cached features (same images)"
+    );
     assert!(rows.iter().any(|r| r.metric.starts_with("skipped/")));
 
     // Evaluation at the end of each stage: caption metrics, QA accuracy per type, a gallery.
@@ -138,10 +173,26 @@ fn two_stages_train_on_the_synthetic_world() {
         acc[0]
     );
     let samples: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.run_dir(&id).join("samples.json")).unwrap()).unwrap();
-    let stages: Vec<&str> = samples.as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["stage1"; 4].iter().chain(&["stage2"; 4]).copied().collect::<Vec<_>>());
-    assert!(store.run_dir(&id).join("report.html").exists(), "a report is written when the run ends");
+        serde_json::from_slice(&std::fs::read(store.run_dir(&id).join("samples.json")).unwrap())
+            .unwrap();
+    let stages: Vec<&str> = samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        ["stage1"; 4]
+            .iter()
+            .chain(&["stage2"; 4])
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        store.run_dir(&id).join("report.html").exists(),
+        "a report is written when the run ends"
+    );
 }
 
 #[test]
@@ -152,8 +203,16 @@ fn kill_9_then_resume_reaches_the_same_weights() {
     // Reference: uninterrupted.
     let f = exp(d.path(), "ref", 60, "");
     let r1 = d.path().join("r1");
-    let out = harness_train(d.path(), &r1, &cache).arg("run").arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = harness_train(d.path(), &r1, &cache)
+        .arg("run")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s1 = Store::new(&r1);
     let reference = projector_values(&s1.run_dir(&s1.resolve("ref").unwrap()));
 
@@ -169,10 +228,18 @@ fn kill_9_then_resume_reaches_the_same_weights() {
     let s2 = Store::new(&r2);
     let t = std::time::Instant::now();
     let ck_seen = || {
-        s2.run_ids().ok().and_then(|i| i.first().cloned()).is_some_and(|id| {
-            let ck = s2.run_dir(&id).join("checkpoints/stage1");
-            std::fs::read_dir(ck).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"))).unwrap_or(false)
-        })
+        s2.run_ids()
+            .ok()
+            .and_then(|i| i.first().cloned())
+            .is_some_and(|id| {
+                let ck = s2.run_dir(&id).join("checkpoints/stage1");
+                std::fs::read_dir(ck)
+                    .map(|r| {
+                        r.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                    })
+                    .unwrap_or(false)
+            })
     };
     while !ck_seen() && t.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));
@@ -180,10 +247,28 @@ fn kill_9_then_resume_reaches_the_same_weights() {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     let id = s2.run_ids().unwrap()[0].clone();
-    assert!(!s2.run_dir(&id).join("checkpoints/stage1/final").exists(), "killed before the end of stage 1");
-    let out = harness_train(d.path(), &r2, &cache).args(["run", "--resume"]).arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming at step"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !s2.run_dir(&id).join("checkpoints/stage1/final").exists(),
+        "killed before the end of stage 1"
+    );
+    let out = harness_train(d.path(), &r2, &cache)
+        .args(["run", "--resume"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming at step"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resumed = projector_values(&s2.run_dir(&id));
-    assert_eq!(resumed, reference, "bitwise equal weights after kill -9 and resume");
+    assert_eq!(
+        resumed, reference,
+        "bitwise equal weights after kill -9 and resume"
+    );
 }
