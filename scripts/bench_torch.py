@@ -68,7 +68,21 @@ def main():
     for p in lm.parameters():
         p.requires_grad_(False)
     proj = Projector(c["image_dim"], c["d_model"], c["projector_depth"])
-    opt = torch.optim.AdamW(proj.parameters(), lr=1e-4, weight_decay=0.0)
+    if a.stage == 2:
+        # Plain LoRA with peft on a dense base (the harness's `nf4 = false`); bitsandbytes'
+        # 4-bit layers are CUDA-first, so the NF4 base is compared on memory, not speed.
+        from peft import LoraConfig, get_peft_model
+        lm = get_peft_model(lm, LoraConfig(
+            r=c["lora_rank"], lora_alpha=2 * c["lora_rank"], lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]))
+        trainable = list(proj.parameters()) + [p for p in lm.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW([
+            {"params": list(proj.parameters()), "lr": 2e-5},
+            {"params": [p for p in lm.parameters() if p.requires_grad], "lr": 2e-4},
+        ])
+    else:
+        trainable = list(proj.parameters())
+        opt = torch.optim.AdamW(proj.parameters(), lr=1e-4, weight_decay=0.0)
     b, n_img, n_txt = c["batch"], c["image_tokens"], c["text_len"]
     ids = torch.tensor([[(r * 7919 + t * 104729) % c["vocab"] for t in range(n_img, n_img + n_txt)] for r in range(b)])
     labels = torch.cat([torch.full((b, n_img), -100), ids], dim=1)
@@ -80,7 +94,7 @@ def main():
         loss = lm(inputs_embeds=emb, labels=labels).loss
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(proj.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         if i >= c["warmup"]:
             times.append((time.perf_counter() - t) * 1e3)

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Train;
 use crate::data::batch::LlavaBatch;
+use crate::model::lora::LoraConfig;
+use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig};
 use crate::train::{forward, grads, loss::masked_lm_loss, peak_rss_bytes};
@@ -46,6 +48,9 @@ pub struct BenchConfig {
     pub projector_depth: usize,
     #[arg(long, default_value_t = 16)]
     pub lora_rank: usize,
+    /// Stage 2's frozen base: NF4-packed (QLoRA) or dense f32 (plain LoRA).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub nf4: bool,
     /// Timed steps (after `warmup` untimed ones).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -68,6 +73,7 @@ impl Default for BenchConfig {
             batch: 8,
             projector_depth: 2,
             lora_rank: 16,
+            nf4: true,
             steps: 10,
             warmup: 2,
         }
@@ -160,6 +166,49 @@ pub fn stage1(c: &BenchConfig) -> StageTiming {
         }
     }
     timing("stage1", c, times)
+}
+
+/// Times stage-2 steps: LoRA on every Phi linear (NF4 base unless `nf4 = false`), the
+/// projector and the adapters each with their own AdamW, one global clipping norm.
+pub fn stage2(c: &BenchConfig) -> StageTiming {
+    let device = crate::backend::device(0);
+    <Train as Backend>::seed(&device, 0);
+    let lora = LoraConfig {
+        rank: c.lora_rank,
+        alpha: 2.0 * c.lora_rank as f64,
+        dropout: 0.0,
+        quant: c.nf4.then(|| Nf4Config::default().with_double_quant(true)),
+        ..LoraConfig::default()
+    };
+    let mut lm: Phi<Train> = c.phi().init_with(&device, &lora).freeze_base();
+    let mut projector: Projector<Train> = ProjectorConfig::new(c.image_dim, c.d_model)
+        .with_depth(c.projector_depth)
+        .init(&device);
+    let mut op = AdamWConfig::new().init::<Train, Projector<Train>>();
+    let mut ol = AdamWConfig::new().init::<Train, Phi<Train>>();
+    let b = batch::<Train>(c, &device);
+    let mut times = vec![];
+    for i in 0..c.warmup + c.steps {
+        let t = Instant::now();
+        let (loss, _) = masked_lm_loss(forward(&projector, &lm, &b), b.labels.clone());
+        let mut g = loss.backward();
+        let mut gp = GradientsParams::from_module(&mut g, &projector);
+        let mut gl = GradientsParams::from_module(&mut g, &lm);
+        let np = grads::global_norm::<Train, _>(&projector, &gp);
+        let nl = grads::global_norm::<Train, _>(&lm, &gl);
+        let norm = (np * np + nl * nl).sqrt();
+        if norm > 1.0 {
+            grads::scale::<Train, _>(&projector, &mut gp, 1.0 / (norm + 1e-6));
+            grads::scale::<Train, _>(&lm, &mut gl, 1.0 / (norm + 1e-6));
+        }
+        projector = op.step(2e-5, projector, gp);
+        lm = ol.step(2e-4, lm, gl);
+        let _ = projector.input.weight.val().into_data();
+        if i >= c.warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    timing("stage2", c, times)
 }
 
 fn timing(stage: &str, c: &BenchConfig, mut times: Vec<f64>) -> StageTiming {

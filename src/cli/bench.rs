@@ -28,7 +28,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     };
     let t = match a.stage {
         1 => bench::stage1(&cfg),
-        s => anyhow::bail!("stage {s} is not benchmarked yet (stage 1 only)"),
+        2 => bench::stage2(&cfg),
+        s => anyhow::bail!("--stage is 1 or 2, not {s}"),
     };
     if a.json {
         println!(

@@ -6,8 +6,11 @@ use clap::{Parser, Subcommand};
 
 pub mod compare;
 pub mod bench;
+pub mod caption;
+pub mod chat;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod ls;
 pub mod probe;
 pub mod report;
@@ -61,6 +64,12 @@ pub enum Command {
     /// Score model outputs against references (COCO caption metrics).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Caption images with a run's model (`path<TAB>caption` per image).
+    Caption(caption::CaptionArgs),
+    /// Ask a run's model about an image: one question, or a conversation from stdin.
+    Chat(chat::ChatArgs),
+    /// Export a run's LoRA adapters (PEFT layout), projector and a model card.
+    Export(export::ExportArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -79,5 +88,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Report(a) => report::report(&results, a),
         Command::Compare(a) => compare::compare(&results, a),
         Command::Eval(c) => eval::eval(c),
+        Command::Caption(a) => caption::caption(&results, a),
+        Command::Chat(a) => chat::chat(&results, a),
+        Command::Export(a) => export::export(&results, a),
     }
 }

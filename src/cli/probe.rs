@@ -30,6 +30,9 @@ pub struct LmArgs {
         allow_negative_numbers = true
     )]
     pub ids: Vec<i64>,
+    /// A PEFT LoRA adapter folder (e.g. from `harness export`) applied to the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
@@ -71,7 +74,10 @@ pub struct Nf4Args {
 
 pub fn probe(c: ProbeCommand) -> anyhow::Result<()> {
     let (out, tensors) = match c {
-        ProbeCommand::Lm(a) => (a.out, probe::probe_lm(&a.model, &a.ids)?),
+        ProbeCommand::Lm(a) => (
+            a.out,
+            probe::probe_lm_adapted(&a.model, a.adapter.as_deref(), &a.ids)?,
+        ),
         ProbeCommand::Vision(a) => (a.out, probe::probe_vision(&a.model, &a.image)?),
         ProbeCommand::Nf4(a) => (
             a.out,

@@ -7,15 +7,20 @@
 //! - [`generate`]: greedy, beam search and top-p sampling from prompt embeddings.
 //! - [`infer`]: captions and answers for CLIP features (projector + splice + generate).
 //! - [`qa`]: exact-match accuracy per question type.
+//! - [`session`]: a finished run loaded for inference (`harness caption`, `chat`, `export`).
+//! - [`export`]: a run's adapters (PEFT layout), projector and model card (`harness export`).
 
 pub mod captions;
 pub mod coco_files;
+pub mod export;
 pub mod generate;
 pub mod infer;
 pub mod ptb;
 pub mod qa;
+pub mod session;
 
 pub use captions::{score, score_raw, CaptionScores};
 pub use generate::{generate, generate_streams, Decoding, GenerateOptions, Generated};
 pub use infer::{answer_questions, caption_images, generate_for_images, PromptLayout};
 pub use qa::{normalize_answer, qa_exact_match, QaAccuracy};
+pub use session::{Chat, Session};

@@ -41,6 +41,7 @@ pub mod lora;
 pub mod nf4;
 pub mod phi;
 pub mod preprocess;
+pub mod peft;
 pub mod probe;
 pub mod projector;
 pub mod tokenizer;

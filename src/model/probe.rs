@@ -22,9 +22,22 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>)
 
 /// `logits` `[T, vocab]` of the LM in `model_dir` for one sequence of ids.
 pub fn probe_lm(model_dir: &Path, ids: &[i64]) -> anyhow::Result<Vec<Named>> {
+    probe_lm_adapted(model_dir, None, ids)
+}
+
+/// [`probe_lm`] with a PEFT LoRA adapter folder (as `harness export` writes it) applied to
+/// the f32 base, as `PeftModel.from_pretrained` does.
+pub fn probe_lm_adapted(
+    model_dir: &Path,
+    adapter: Option<&Path>,
+    ids: &[i64],
+) -> anyhow::Result<Vec<Named>> {
     anyhow::ensure!(!ids.is_empty(), "no token ids given");
     let device = Default::default();
-    let (lm, cfg) = Phi::<Compute>::from_dir(model_dir, &device)?;
+    let (mut lm, cfg) = Phi::<Compute>::from_dir(model_dir, &device)?;
+    if let Some(dir) = adapter {
+        lm = super::peft::load_adapter(lm, dir, &device)?;
+    }
     if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= cfg.vocab_size) {
         anyhow::bail!(
             "token id {bad} is outside the vocabulary (0..{})",

@@ -111,18 +111,57 @@ impl<B: Backend> Projector<B> {
     ) -> anyhow::Result<Self> {
         let (dv, d) = (cfg.d_vision, cfg.d_lm);
         let hidden = cfg.block_hidden.unwrap_or(d);
+        // An empty prefix reads the names as `harness export` writes them (`input.weight`).
+        let at = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
         let mut p = cfg.init::<B>(device);
-        p.input = ckpt.linear(&format!("{prefix}.input"), dv, d, true, device)?;
+        p.input = ckpt.linear(&at("input"), dv, d, true, device)?;
         for (i, b) in p.blocks.iter_mut().enumerate() {
-            let k = format!("{prefix}.blocks.{i}");
+            let k = at(&format!("blocks.{i}"));
             b.norm = ckpt.layer_norm(&format!("{k}.norm"), d, cfg.layer_norm_eps, device)?;
             b.w1 = ckpt.linear(&format!("{k}.w1"), d, hidden, true, device)?;
             b.w2 = ckpt.linear(&format!("{k}.w2"), hidden, d, true, device)?;
         }
         if p.output.is_some() {
-            p.output = Some(ckpt.linear(&format!("{prefix}.output"), d, d, true, device)?);
+            p.output = Some(ckpt.linear(&at("output"), d, d, true, device)?);
         }
         Ok(p)
+    }
+
+    /// The weights in PyTorch layout (Linear `[out, in]`, LayerNorm `weight`/`bias`) under
+    /// the names [`Projector::load`] reads with an empty prefix: `input.{weight,bias}`,
+    /// `blocks.{i}.{norm,w1,w2}.{weight,bias}`, `output.{weight,bias}`. Row-major f32.
+    pub fn to_torch(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        fn vals<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+            let d = t.into_data().convert::<f32>();
+            (d.shape.to_vec(), d.to_vec::<f32>().expect("f32 weights"))
+        }
+        let mut out = vec![];
+        let mut linear = |name: String, l: &Linear<B>| {
+            let (s, v) = vals(l.weight.val().transpose());
+            out.push((format!("{name}.weight"), s, v));
+            if let Some(b) = &l.bias {
+                let (s, v) = vals(b.val());
+                out.push((format!("{name}.bias"), s, v));
+            }
+        };
+        linear("input".into(), &self.input);
+        for (i, b) in self.blocks.iter().enumerate() {
+            linear(format!("blocks.{i}.w1"), &b.w1);
+            linear(format!("blocks.{i}.w2"), &b.w2);
+        }
+        if let Some(o) = &self.output {
+            linear("output".into(), o);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let (s, v) = vals(b.norm.gamma.val());
+            out.push((format!("blocks.{i}.norm.weight"), s, v));
+            if let Some(beta) = &b.norm.beta {
+                let (s, v) = vals(beta.val());
+                out.push((format!("blocks.{i}.norm.bias"), s, v));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 }
 

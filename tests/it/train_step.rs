@@ -1,5 +1,6 @@
-//! One optimizer step of stage 1 against PyTorch + transformers (scripts/ref_train.py):
-//! same tiny Phi, same projector weights, same batch.
+//! One optimizer step of stage 1 and of stage 2 against PyTorch + transformers (+ peft for
+//! stage 2) (scripts/ref_train.py): same tiny Phi, same projector and adapter weights, same
+//! batch.
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -7,7 +8,9 @@ use burn::prelude::*;
 use harness::backend::Train;
 use harness::data::batch::LlavaBatch;
 use harness::model::checkpoint::{read_all_f32, Checkpoint};
-use harness::model::phi::Phi;
+use harness::model::lora::{LoraAdapter, LoraConfig, LoraLinear};
+use harness::model::nf4::Nf4Config;
+use harness::model::phi::{LayerAdapters, Phi, PhiConfig, PhiLayer};
 use harness::model::projector::{Projector, ProjectorConfig};
 use harness::train::{forward, grads, loss::masked_lm_loss};
 
@@ -89,4 +92,188 @@ fn stage1_step_matches_pytorch() {
         assert!(e <= 1e-5, "{k}: max abs error {e} after one AdamW step");
     }
     eprintln!("stage-1 step parity: loss err {:.2e}, grad norm err {:.2e}, worst weight err {worst:.2e}", (loss_v - ref_loss).abs(), (norm - ref_norm).abs());
+}
+
+/// Phi's LoRA targets of one layer with their module paths (peft's names) below the layer.
+fn layer_linears<B: Backend>(l: &PhiLayer<B>) -> [(&'static str, &LoraLinear<B>); 6] {
+    [
+        ("self_attn.q_proj", &l.q_proj),
+        ("self_attn.k_proj", &l.k_proj),
+        ("self_attn.v_proj", &l.v_proj),
+        ("self_attn.dense", &l.dense),
+        ("mlp.fc1", &l.fc1),
+        ("mlp.fc2", &l.fc2),
+    ]
+}
+
+fn adapter_slots<B: Backend>(l: &mut LayerAdapters<B>) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
+    [
+        ("self_attn.q_proj", &mut l.q_proj),
+        ("self_attn.k_proj", &mut l.k_proj),
+        ("self_attn.v_proj", &mut l.v_proj),
+        ("self_attn.dense", &mut l.dense),
+        ("mlp.fc1", &mut l.fc1),
+        ("mlp.fc2", &mut l.fc2),
+    ]
+}
+
+/// One stage-2 step as `train::run_stage` takes it (one micro-batch): forward, masked loss,
+/// backward, the projector's and the adapters' gradients split, one global norm over both for
+/// clipping, then each through its own AdamW with its own learning rate. The reference is
+/// peft's LoRA on the same Phi (`case` "nf4": on bitsandbytes' NF4 round trip of its linears).
+fn stage2_step(case: &str) {
+    let dev = Default::default();
+    let file = format!("{DIR}/step2_{case}.safetensors");
+    let refs = read_all_f32(std::path::Path::new(&file)).unwrap();
+    let hp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/step2_{case}.json")).unwrap()).unwrap();
+    let num = |k: &str| hp[k].as_f64().unwrap_or_else(|| panic!("{k} in step2_{case}.json"));
+
+    let quant = match hp["quant"].as_str().unwrap() {
+        "lora" => None,
+        "nf4" => Some(Nf4Config {
+            blocksize: num("blocksize") as usize,
+            double_quant: hp["double_quant"].as_bool().unwrap(),
+            ..Nf4Config::default()
+        }),
+        other => panic!("unknown quant {other}"),
+    };
+    let lora = LoraConfig {
+        rank: num("rank") as usize,
+        alpha: num("alpha"),
+        dropout: num("dropout"),
+        targets: hp["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect(),
+        quant,
+    };
+    assert_eq!(lora.dropout, 0.0, "parity needs dropout off");
+
+    let phi_dir = format!("{DIR}/phi");
+    let lm_cfg = PhiConfig::load(phi_dir.as_ref()).unwrap();
+    let lm = Phi::<Train>::load_with(&Checkpoint::open(&phi_dir).unwrap(), &lm_cfg, &dev, &lora).unwrap();
+
+    // The NF4 base dequantizes to bitwise what bitsandbytes' round trip gave the reference.
+    if lora.quant.is_some() {
+        for (i, layer) in lm.layers.iter().enumerate() {
+            for (name, lin) in layer_linears(layer) {
+                let q = lin.base.nf4().unwrap_or_else(|| panic!("layer {i} {name} is not NF4"));
+                let theirs = &refs[&format!("deq.model.layers.{i}.{name}")].1;
+                let ours = q.dequantize();
+                let differ = ours.iter().zip(theirs).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "layer {i} {name}: {differ} dequantized weights differ from bitsandbytes'");
+            }
+        }
+    }
+
+    // The reference's adapters (seeded random A and B), then everything else frozen.
+    let mut adapters = lm.adapters();
+    for (i, layer) in adapters.layers.iter_mut().enumerate() {
+        for (name, slot) in adapter_slots(layer) {
+            let key = format!("lora.model.layers.{i}.{name}");
+            let (sa, a) = &refs[&format!("{key}.A")];
+            let (sb, b) = &refs[&format!("{key}.B")];
+            assert!(slot.is_some(), "{key} has no adapter");
+            *slot = Some(LoraAdapter::from_peft(a, b, sa[1], sb[0], &lora, &dev));
+        }
+    }
+    let lm = lm.with_adapters(adapters).freeze_base();
+
+    let (fshape, feats) = &refs["features"];
+    let cfg = ProjectorConfig::new(fshape[2], lm_cfg.hidden_size).with_depth(num("depth") as usize);
+    let projector: Projector<Train> =
+        Projector::load(&Checkpoint::open_file(&file).unwrap(), "projector", &cfg, &dev).unwrap();
+
+    let ints = |k: &str| -> Tensor<Train, 2, Int> {
+        let (s, v) = &refs[k];
+        Tensor::from_data(TensorData::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), [s[0], s[1]]), &dev)
+    };
+    let [b, l] = [refs["input_ids"].0[0], refs["input_ids"].0[1]];
+    let starts: Vec<Option<usize>> = refs["image_start"].1.iter().map(|&s| Some(s as usize)).collect();
+    assert_eq!(starts.len(), b);
+    let lengths = refs["attention_mask"].1.chunks(l).map(|r| r.iter().filter(|&&m| m == 1.0).count()).collect();
+    let batch = LlavaBatch::<Train> {
+        input_ids: ints("input_ids"),
+        labels: ints("labels"),
+        attention_mask: ints("attention_mask"),
+        image_features: Tensor::from_data(TensorData::new(feats.clone(), [fshape[0], fshape[1], fshape[2]]), &dev),
+        image_start: starts,
+        ids: vec![String::new(); b],
+        lengths,
+        target_tokens: 0,
+    };
+    let (loss, _) = masked_lm_loss(forward(&projector, &lm, &batch), batch.labels.clone());
+    let loss_v = loss.clone().into_scalar().elem::<f32>();
+    let ref_loss = refs["loss"].1[0];
+    let loss_err = (loss_v - ref_loss).abs();
+    assert!(loss_err <= 1e-4, "{case}: loss {loss_v} vs PyTorch {ref_loss}");
+
+    let mut g = loss.backward();
+    let mut gp = GradientsParams::from_module(&mut g, &projector);
+    let mut gl = GradientsParams::from_module(&mut g, &lm);
+    let n_adapters = 6 * lm_cfg.num_hidden_layers;
+    assert_eq!(gl.len(), 2 * n_adapters, "{case}: only the adapters' A and B get gradients in Phi");
+    let np = grads::global_norm::<Train, _>(&projector, &gp);
+    let nl = grads::global_norm::<Train, _>(&lm, &gl);
+    let norm = (np * np + nl * nl).sqrt();
+    let ref_norm = refs["grad_norm"].1[0] as f64;
+    let norm_err = (norm - ref_norm).abs();
+    assert!(norm_err <= 1e-4 * ref_norm.max(1.0), "{case}: grad norm {norm} vs {ref_norm}");
+    let clip = num("clip_grad_norm");
+    assert!(norm > clip, "the fixture's step must clip");
+    let f = clip / (norm + 1e-6);
+    grads::scale::<Train, _>(&projector, &mut gp, f);
+    grads::scale::<Train, _>(&lm, &mut gl, f);
+
+    let adamw = || {
+        AdamWConfig::new()
+            .with_beta_1(num("beta1") as f32)
+            .with_beta_2(num("beta2") as f32)
+            .with_epsilon(num("eps") as f32)
+            .with_weight_decay(num("weight_decay") as f32)
+    };
+    let after_p = adamw().init::<Train, Projector<Train>>().step(num("projector_lr"), projector, gp);
+    let after_l = adamw().init::<Train, Phi<Train>>().step(num("lr"), lm, gl);
+
+    let t = |w: Tensor<Train, 2>| values(w.transpose());
+    let p = &after_p;
+    let mut pairs: Vec<(String, Vec<f32>)> = vec![
+        ("projector.input.weight".into(), t(p.input.weight.val())),
+        ("projector.input.bias".into(), values(p.input.bias.clone().unwrap().val())),
+        ("projector.blocks.0.norm.weight".into(), values(p.blocks[0].norm.gamma.val())),
+        ("projector.blocks.0.norm.bias".into(), values(p.blocks[0].norm.beta.clone().unwrap().val())),
+        ("projector.blocks.0.w1.weight".into(), t(p.blocks[0].w1.weight.val())),
+        ("projector.blocks.0.w1.bias".into(), values(p.blocks[0].w1.bias.clone().unwrap().val())),
+        ("projector.blocks.0.w2.weight".into(), t(p.blocks[0].w2.weight.val())),
+        ("projector.blocks.0.w2.bias".into(), values(p.blocks[0].w2.bias.clone().unwrap().val())),
+    ];
+    for (i, layer) in after_l.layers.iter().enumerate() {
+        for (name, lin) in layer_linears(layer) {
+            let (a, b) = lin.lora.as_ref().unwrap().to_peft();
+            pairs.push((format!("lora.model.layers.{i}.{name}.A"), a));
+            pairs.push((format!("lora.model.layers.{i}.{name}.B"), b));
+        }
+    }
+    let (mut worst, mut worst_key) = (0f32, String::new());
+    for (k, ours) in pairs {
+        let before = &refs[&k].1;
+        let theirs = &refs[&format!("after.{k}")].1;
+        assert!(max_abs(before, theirs) > 1e-4, "{k} must move in one step");
+        let e = max_abs(&ours, theirs);
+        if e > worst {
+            (worst, worst_key) = (e, k.clone());
+        }
+        assert!(e <= 1e-5, "{case}: {k}: max abs error {e} after one AdamW step");
+    }
+    eprintln!(
+        "stage-2 step parity ({case}): loss err {loss_err:.2e}, grad norm err {norm_err:.2e}, worst weight err {worst:.2e} ({worst_key})"
+    );
+}
+
+#[test]
+fn stage2_step_matches_pytorch_lora() {
+    stage2_step("lora");
+}
+
+#[test]
+fn stage2_step_matches_pytorch_nf4() {
+    stage2_step("nf4");
 }

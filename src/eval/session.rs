@@ -1,0 +1,280 @@
+//! A finished run loaded for inference: the one place that turns a run in the store into
+//! a working model (CLIP tower, projector, Phi with the stage-2 adapters), used by
+//! `harness caption`, `harness chat` and `harness export`.
+//!
+//! Which weights: the stage-2 result (projector and LoRA adapters on the base Phi, NF4 when
+//! the run trained on an NF4 base, so the model is the one that was trained) when the run
+//! has one, else the stage-1 projector on the frozen Phi. A reused stage's weights are read
+//! from the run that trained it (`status.json` names it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::prelude::*;
+
+use super::generate::{Decoding, GenerateOptions};
+use super::infer::{decode, generate_for_images, PromptLayout};
+use crate::backend::Compute;
+use crate::config::Experiment;
+use crate::data::cache::FeatureExtractor;
+use crate::data::clip_features::ClipExtractor;
+use crate::data::sequence::{ChatTemplate, TextCodec};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::lora::LoraConfig;
+use crate::model::phi::{Phi, PhiConfig};
+use crate::model::preprocess::{load_image, preprocess, PreprocessConfig};
+use crate::model::projector::Projector;
+use crate::model::tokenizer::Tokenizer;
+use crate::store::{State, Store};
+
+type Dev = burn::tensor::Device<Compute>;
+
+/// Images run through CLIP together.
+const CLIP_BATCH: usize = 16;
+
+/// A run's model, ready to caption and answer.
+pub struct Session {
+    pub run_id: String,
+    pub exp: Experiment,
+    /// 2 when the stage-2 weights are loaded, else 1.
+    pub stage: u8,
+    /// The `final/` checkpoint folder the weights came from.
+    pub weights_dir: PathBuf,
+    pub vision_dir: PathBuf,
+    pub lm_dir: PathBuf,
+    pub lm_config: PhiConfig,
+    /// The adapter settings of the loaded LM (`LoraConfig::frozen()` at stage 1).
+    pub lora: LoraConfig,
+    pub projector: Projector<Compute>,
+    pub lm: Phi<Compute>,
+    pub tok: Tokenizer,
+    pub clip: ClipExtractor<Compute>,
+    pub preprocess: PreprocessConfig,
+    pub template: ChatTemplate,
+    /// Ids closing an assistant turn (the template's `end`).
+    pub end: Vec<u32>,
+    /// How text is generated; defaults from the run's `[eval]` (greedy unless `beams > 1`).
+    pub opts: GenerateOptions,
+    pub device: Dev,
+}
+
+/// The `final/` folder of `stage` for `run_id`, when that stage completed (in this run or
+/// in the run it was reused from).
+pub fn stage_final_dir(store: &Store, run_id: &str, stage: u8) -> Result<Option<PathBuf>> {
+    let status = store.read_status(run_id)?;
+    let name = format!("stage{stage}");
+    let Some(st) = status.stages.get(&name) else {
+        return Ok(None);
+    };
+    if !matches!(st.state, State::Completed | State::Reused) {
+        return Ok(None);
+    }
+    let dir = store.run_dir(&st.run_id).join("checkpoints").join(&name).join("final");
+    ensure!(
+        dir.join("projector.mpk").exists(),
+        "{name} of run {run_id} is {} but its weights are missing: {}",
+        st.state,
+        dir.join("projector.mpk").display()
+    );
+    Ok(Some(dir))
+}
+
+impl Session {
+    /// Loads run `reference` (id, id prefix or experiment name) from the store at its
+    /// latest completed stage.
+    pub fn load(store: &Store, reference: &str) -> Result<Self> {
+        Self::load_stage(store, reference, None)
+    }
+
+    /// [`Session::load`] at a given stage (`None`: stage 2 when completed, else stage 1).
+    pub fn load_stage(store: &Store, reference: &str, stage: Option<u8>) -> Result<Self> {
+        let run_id = store.resolve(reference)?;
+        let exp = store.read_experiment(&run_id)?;
+        let s2 = stage_final_dir(store, &run_id, 2)?;
+        let s1 = stage_final_dir(store, &run_id, 1)?;
+        let (stage, weights_dir) = match (stage, s2, s1) {
+            (None | Some(2), Some(d), _) => (2, d),
+            (Some(2), None, _) => bail!("run {run_id} has not completed stage 2"),
+            (None | Some(1), _, Some(d)) => (1, d),
+            (Some(s), _, _) if s != 1 && s != 2 => bail!("there is no stage {s} (1 or 2)"),
+            _ => bail!("run {run_id} has no completed stage to load (see `harness show {run_id}`)"),
+        };
+        let device = crate::backend::device(exp.devices.first().copied().unwrap_or(0));
+        let vision_dir = crate::train::data::backbone_dir(&exp.model.vision)?;
+        let lm_dir = crate::train::data::backbone_dir(&exp.model.lm)?;
+
+        let (select, pre) = crate::train::data::vision_setup(&exp, &vision_dir)?;
+        let clip = ClipExtractor::<Compute>::from_dir(&vision_dir, select, &device)
+            .with_context(|| format!("loading the vision tower from {}", vision_dir.display()))?;
+        let tok = Tokenizer::from_dir(&lm_dir).with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
+        let lm_config = PhiConfig::load(&lm_dir)?;
+        let lora = if stage == 2 { LoraConfig::from_stage2(&exp.stage2) } else { LoraConfig::frozen() };
+        let ckpt = Checkpoint::open(&lm_dir)?;
+        let mut lm = Phi::<Compute>::load_with(&ckpt, &lm_config, &device, &lora)
+            .with_context(|| format!("loading the language model from {}", lm_dir.display()))?;
+        drop(ckpt);
+        if stage == 2 {
+            lm = crate::train::checkpoint::load_adapters(lm, &weights_dir, &device)?;
+        }
+        let projector = crate::train::projector_config(&exp, clip.dim(), lm_config.hidden_size).init::<Compute>(&device);
+        let projector = crate::train::checkpoint::load_projector(projector, &weights_dir, &device)?;
+
+        let template = ChatTemplate::named(&exp.data.template)?;
+        let end = if template.end.is_empty() {
+            vec![]
+        } else if let Some(id) = TextCodec::token_to_id(&tok, &template.end) {
+            vec![id]
+        } else {
+            tok.encode(&template.end)?
+        };
+        let opts = GenerateOptions {
+            max_new_tokens: exp.eval.max_new_tokens as usize,
+            eos: tok.eos_id,
+            decoding: if exp.eval.beams > 1 {
+                Decoding::Beam { width: exp.eval.beams as usize, length_penalty: 1.0 }
+            } else {
+                Decoding::Greedy
+            },
+            use_cache: true,
+        };
+        Ok(Self {
+            run_id,
+            exp,
+            stage,
+            weights_dir,
+            vision_dir,
+            lm_dir,
+            lm_config,
+            lora,
+            projector,
+            lm,
+            tok,
+            clip,
+            preprocess: pre,
+            template,
+            end,
+            opts,
+            device,
+        })
+    }
+
+    /// CLIP features `[images, patches, d_vision]` of image files, preprocessed exactly as
+    /// the run's feature cache was (same decoder, preprocessing and feature selection).
+    pub fn features(&self, images: &[PathBuf]) -> Result<Tensor<Compute, 3>> {
+        ensure!(!images.is_empty(), "no images given");
+        let (t, d) = (self.clip.tokens(), self.clip.dim());
+        let mut flat = Vec::with_capacity(images.len() * t * d);
+        for chunk in images.chunks(CLIP_BATCH) {
+            let pixels = chunk
+                .iter()
+                .map(|p| {
+                    let img = load_image(p).with_context(|| format!("cannot read image {}", p.display()))?;
+                    Ok(preprocess(&img, &self.preprocess))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for f in self.clip.extract(&pixels)? {
+                flat.extend(f);
+            }
+        }
+        Ok(Tensor::from_data(TensorData::new(flat, [images.len(), t, d]), &self.device))
+    }
+
+    /// The end token generation stops at: the template's single end token, else eos.
+    fn answer_eos(&self) -> Option<u32> {
+        match self.end.as_slice() {
+            [one] => Some(*one),
+            _ => self.tok.eos_id,
+        }
+    }
+
+    /// One caption per image with the stage-1 layout (`[image]` then the caption).
+    pub fn caption(&self, images: &[PathBuf]) -> Result<Vec<String>> {
+        let layouts = vec![PromptLayout::caption(); images.len()];
+        self.generate(images, &layouts, self.tok.eos_id)
+    }
+
+    /// One caption per image, asked through the chat template with `prompt` (e.g.
+    /// "Describe the image."), for instruction-tuned models.
+    pub fn caption_with_prompt(&self, images: &[PathBuf], prompt: &str) -> Result<Vec<String>> {
+        let layout = PromptLayout::question(&self.tok, &self.template, prompt)?;
+        self.generate(images, &vec![layout; images.len()], self.answer_eos())
+    }
+
+    fn generate(&self, images: &[PathBuf], layouts: &[PromptLayout], eos: Option<u32>) -> Result<Vec<String>> {
+        let feats = self.features(images)?;
+        let opts = GenerateOptions { eos, ..self.opts.clone() };
+        let pad = self.tok.pad_id.unwrap_or(0);
+        generate_for_images(&self.projector, &self.lm, feats, layouts, pad, &opts, CLIP_BATCH)
+            .iter()
+            .map(|g| decode(&self.tok, g, eos))
+            .collect()
+    }
+
+    /// The answer to one question about `image` (a fresh conversation).
+    pub fn answer(&self, image: &Path, question: &str) -> Result<String> {
+        self.chat(image)?.ask(question)
+    }
+
+    /// A conversation about `image`; each [`Chat::ask`] sees every earlier turn.
+    pub fn chat(&self, image: &Path) -> Result<Chat<'_>> {
+        let features = self.features(&[image.to_path_buf()])?;
+        Ok(Chat { session: self, features, history: vec![], turns: 0 })
+    }
+}
+
+/// A multi-turn conversation about one image, laid out as stage 2 trains on it:
+/// `system user [image] image_sep Q1 assistant A1 end user Q2 assistant A2 end ...`, each
+/// piece tokenized on its own (as [`crate::data::sequence::SequenceBuilder::conversation`]
+/// does), earlier answers kept as the tokens the model generated.
+pub struct Chat<'a> {
+    session: &'a Session,
+    /// `[1, patches, d_vision]`.
+    features: Tensor<Compute, 3>,
+    /// Ids after the image slot so far (closed turns).
+    history: Vec<u32>,
+    turns: usize,
+}
+
+impl Chat<'_> {
+    /// Turns answered so far.
+    pub fn turns(&self) -> usize {
+        self.turns
+    }
+
+    /// The prompt layout for the next question.
+    pub fn layout(&self, question: &str) -> Result<PromptLayout> {
+        let s = self.session;
+        let t = &s.template;
+        if self.turns == 0 {
+            return PromptLayout::question(&s.tok, t, question);
+        }
+        let before = PromptLayout::question(&s.tok, t, "")?.before;
+        let mut after = self.history.clone();
+        let piece = format!("{}{}{}", t.user, question, t.assistant);
+        if !piece.is_empty() {
+            after.extend(s.tok.encode(&piece)?);
+        }
+        Ok(PromptLayout { before, after })
+    }
+
+    /// Answers `question` given the conversation so far, and records the turn.
+    pub fn ask(&mut self, question: &str) -> Result<String> {
+        let s = self.session;
+        let layout = self.layout(question)?;
+        let eos = s.answer_eos();
+        let opts = GenerateOptions { eos, ..s.opts.clone() };
+        let pad = s.tok.pad_id.unwrap_or(0);
+        let g = generate_for_images(&s.projector, &s.lm, self.features.clone(), std::slice::from_ref(&layout), pad, &opts, 1)
+            .pop()
+            .expect("one generation");
+        let text = decode(&s.tok, &g, eos)?;
+        // The next turn continues after this answer, closed with the end marker (also when
+        // generation stopped at `max_new_tokens` before producing it).
+        let mut after = layout.after;
+        after.extend_from_slice(g.text_tokens(eos));
+        after.extend_from_slice(&s.end);
+        self.history = after;
+        self.turns += 1;
+        Ok(text)
+    }
+}
