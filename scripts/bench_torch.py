@@ -14,36 +14,13 @@ import time
 import tomllib
 
 import torch
-import torch.nn.functional as F
 from transformers import PhiConfig, PhiForCausalLM
+
+from ref_train import Projector  # the same residual projector as the fixtures
 
 DEFAULTS = dict(d_model=256, layers=4, heads=8, partial_rotary=0.4, mlp=1024, vocab=4096,
                 image_tokens=64, image_dim=256, text_len=64, batch=8, projector_depth=2,
                 lora_rank=16, steps=10, warmup=2)
-
-
-class Block(torch.nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(d)
-        self.w1 = torch.nn.Linear(d, d)
-        self.w2 = torch.nn.Linear(d, d)
-
-    def forward(self, x):
-        return x + self.w2(F.gelu(self.w1(self.norm(x))))
-
-
-class Projector(torch.nn.Module):
-    def __init__(self, dv, d, depth):
-        super().__init__()
-        self.input = torch.nn.Linear(dv, d)
-        self.blocks = torch.nn.ModuleList([Block(d) for _ in range(depth)])
-
-    def forward(self, x):
-        x = self.input(x)
-        for b in self.blocks:
-            x = b(x)
-        return x
 
 
 def main():

@@ -86,6 +86,28 @@ impl ClipVisionConfig {
         .validate()
     }
 
+    /// `config.json` in transformers' `CLIPVisionModel` form (what [`Self::from_hf_json`]
+    /// reads back).
+    pub fn to_hf_json(&self) -> Value {
+        serde_json::json!({
+            "architectures": ["CLIPVisionModel"],
+            "model_type": "clip_vision_model",
+            "attention_dropout": 0.0,
+            "dtype": "float32",
+            "hidden_act": self.hidden_act.hf_name(),
+            "hidden_size": self.hidden_size,
+            "image_size": self.image_size,
+            "initializer_factor": 1.0,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "num_attention_heads": self.num_attention_heads,
+            "num_channels": self.num_channels,
+            "num_hidden_layers": self.num_hidden_layers,
+            "patch_size": self.patch_size,
+        })
+    }
+
     /// The shapes must divide evenly (heads into width, patches into the image).
     fn validate(self) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -121,7 +143,6 @@ impl ClipVisionConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
         ClipVision {
             patch_embedding: Conv2dConfig::new(
                 [self.num_channels, d],
@@ -134,17 +155,15 @@ impl ClipVisionConfig {
             position_embedding: EmbeddingConfig::new(self.num_positions(), d).init(device),
             pre_layrnorm: ln(),
             layers: (0..self.num_hidden_layers)
-                .map(|_| ClipLayer {
-                    q_proj: lin(d, d),
-                    k_proj: lin(d, d),
-                    v_proj: lin(d, d),
-                    out_proj: lin(d, d),
-                    layer_norm1: ln(),
-                    layer_norm2: ln(),
-                    fc1: lin(d, self.intermediate_size),
-                    fc2: lin(self.intermediate_size, d),
-                    num_heads: self.num_attention_heads,
-                    act: self.hidden_act,
+                .map(|_| {
+                    ClipLayer::init(
+                        d,
+                        self.intermediate_size,
+                        self.num_attention_heads,
+                        self.layer_norm_eps,
+                        self.hidden_act,
+                        device,
+                    )
                 })
                 .collect(),
             post_layernorm: ln(),
@@ -168,14 +187,54 @@ pub struct ClipLayer<B: Backend> {
 }
 
 impl<B: Backend> ClipLayer<B> {
+    /// A randomly initialised pre-LN layer of width `d` (also the text layers of
+    /// `harness pretrain clip`).
+    pub fn init(
+        d: usize,
+        intermediate: usize,
+        heads: usize,
+        eps: f64,
+        act: Activation,
+        device: &B::Device,
+    ) -> Self {
+        let ln = || LayerNormConfig::new(d).with_epsilon(eps).init(device);
+        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        ClipLayer {
+            q_proj: lin(d, d),
+            k_proj: lin(d, d),
+            v_proj: lin(d, d),
+            out_proj: lin(d, d),
+            layer_norm1: ln(),
+            layer_norm2: ln(),
+            fc1: lin(d, intermediate),
+            fc2: lin(intermediate, d),
+            num_heads: heads,
+            act,
+        }
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_masked(x, None)
+    }
+
+    /// With a key mask (true = may not be attended, broadcast to `[batch, heads, q, k]`),
+    /// e.g. padding in a text batch.
+    pub fn forward_masked(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Option<Tensor<B, 4, burn::tensor::Bool>>,
+    ) -> Tensor<B, 3> {
         let h = self.layer_norm1.forward(x.clone());
-        let x = x + self.self_attn(h);
+        let x = x + self.self_attn(h, mask);
         let h = self.layer_norm2.forward(x.clone());
         x.clone() + self.fc2.forward(self.act.forward(self.fc1.forward(h)))
     }
 
-    fn self_attn(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn self_attn(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Option<Tensor<B, 4, burn::tensor::Bool>>,
+    ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let heads = |y: Tensor<B, 3>| {
             y.reshape([b, t, self.num_heads, d / self.num_heads])
@@ -184,7 +243,7 @@ impl<B: Backend> ClipLayer<B> {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        let o = attention(q, k, v, None).swap_dims(1, 2).reshape([b, t, d]);
+        let o = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, d]);
         self.out_proj.forward(o)
     }
 }
@@ -262,6 +321,79 @@ impl<B: Backend> ClipVision<B> {
         }
         m.post_layernorm = ckpt.layer_norm(&format!("{p}post_layernorm"), d, eps, device)?;
         Ok(m)
+    }
+
+    /// The tower's tensors under the HF `CLIPVisionModel` names [`Self::load`] reads, in
+    /// PyTorch layout (Linear `[out, in]`, conv `[out, 3, p, p]`), as f32. The inverse of
+    /// `load`, kept beside it so the key names live in one place; a saved tower loads back
+    /// bit for bit (tests/it/pretrain.rs).
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        type Out = Vec<(String, Vec<usize>, Vec<f32>)>;
+        fn put<B: Backend, const D: usize>(out: &mut Out, name: String, t: Tensor<B, D>) {
+            let shape = t.dims().to_vec();
+            let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 values");
+            out.push((name, shape, v));
+        }
+        // burn's Linear weight is [in, out]: transposed back to PyTorch's [out, in].
+        fn linear<B: Backend>(out: &mut Out, pre: String, l: &Linear<B>) {
+            put(out, format!("{pre}.weight"), l.weight.val().transpose());
+            if let Some(b) = &l.bias {
+                put(out, format!("{pre}.bias"), b.val());
+            }
+        }
+        fn norm<B: Backend>(out: &mut Out, pre: String, n: &LayerNorm<B>) {
+            put(out, format!("{pre}.weight"), n.gamma.val());
+            if let Some(b) = &n.beta {
+                put(out, format!("{pre}.bias"), b.val());
+            }
+        }
+        let p = "vision_model.";
+        let mut out = Out::new();
+        let o = &mut out;
+        put(
+            o,
+            format!("{p}embeddings.patch_embedding.weight"),
+            self.patch_embedding.weight.val(),
+        );
+        put(o, format!("{p}embeddings.class_embedding"), self.class_embedding.val());
+        put(
+            o,
+            format!("{p}embeddings.position_embedding.weight"),
+            self.position_embedding.weight.val(),
+        );
+        norm(o, format!("{p}pre_layrnorm"), &self.pre_layrnorm);
+        for (i, l) in self.layers.iter().enumerate() {
+            let q = format!("{p}encoder.layers.{i}");
+            linear(o, format!("{q}.self_attn.q_proj"), &l.q_proj);
+            linear(o, format!("{q}.self_attn.k_proj"), &l.k_proj);
+            linear(o, format!("{q}.self_attn.v_proj"), &l.v_proj);
+            linear(o, format!("{q}.self_attn.out_proj"), &l.out_proj);
+            norm(o, format!("{q}.layer_norm1"), &l.layer_norm1);
+            norm(o, format!("{q}.layer_norm2"), &l.layer_norm2);
+            linear(o, format!("{q}.mlp.fc1"), &l.fc1);
+            linear(o, format!("{q}.mlp.fc2"), &l.fc2);
+        }
+        norm(o, format!("{p}post_layernorm"), &self.post_layernorm);
+        out
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (f32) in the HF
+    /// `CLIPVisionModel` layout, loadable by [`Self::from_dir`].
+    pub fn save_hf(&self, cfg: &ClipVisionConfig, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tensors = self.hf_tensors();
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+            .collect();
+        let tmp = dir.join("model.safetensors.tmp");
+        super::checkpoint::write_f32_safetensors(&tmp, &refs)?;
+        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+        crate::fsutil::write_atomic(
+            &dir.join("config.json"),
+            &serde_json::to_vec_pretty(&cfg.to_hf_json())?,
+        )?;
+        Ok(())
     }
 
     /// HF `hidden_states[0]`: embeddings after `pre_layrnorm`. `pixels`: `[batch, 3, H, W]`.

@@ -72,6 +72,15 @@ impl Activation {
         })
     }
 
+    /// The name HF configs use for it.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::QuickGelu => "quick_gelu",
+            Self::Gelu => "gelu",
+            Self::GeluTanh => "gelu_new",
+        }
+    }
+
     pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),

@@ -41,3 +41,15 @@ pub fn harness_train(cwd: &Path, results: &Path, cache: &Path) -> Command {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// Polls until `f` is true or the timeout passes; whether it became true.
+pub fn wait_for(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}

@@ -2,13 +2,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::metrics::{self, MetricsWriter};
 use harness::provenance::code_state;
 use harness::store::{State, Store};
 
-use crate::common::{experiment, harness, write};
+use crate::common::{experiment, harness, wait_for, write};
 
 #[test]
 fn concurrent_claims_in_threads_have_one_winner() {
@@ -228,18 +228,6 @@ fn dirty_tree_diff_is_captured_with_untracked_files() {
     let none = code_state(outside.path());
     assert_eq!(none.commit, "no-git");
     assert_eq!(none.id_suffix(), "nogit");
-}
-
-/// Polls until `f` is true or the timeout passes.
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

@@ -12,7 +12,7 @@ use harness::metrics;
 use harness::model::projector::{Projector, ProjectorConfig};
 use harness::store::{State, Store};
 
-use crate::common::{harness_train, repo_path, write};
+use crate::common::{harness_train, repo_path, wait_for, write};
 
 fn world(dir: &Path) {
     let o = SynthOptions {
@@ -226,7 +226,6 @@ fn kill_9_then_resume_reaches_the_same_weights() {
         .spawn()
         .unwrap();
     let s2 = Store::new(&r2);
-    let t = std::time::Instant::now();
     let ck_seen = || {
         s2.run_ids()
             .ok()
@@ -241,9 +240,10 @@ fn kill_9_then_resume_reaches_the_same_weights() {
                     .unwrap_or(false)
             })
     };
-    while !ck_seen() && t.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for(Duration::from_secs(120), ck_seen),
+        "no checkpoint written"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     let id = s2.run_ids().unwrap()[0].clone();
