@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod pretrain;
 pub mod provenance;
 pub mod report;
 pub mod runs;

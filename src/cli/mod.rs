@@ -12,6 +12,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod ls;
+pub mod pretrain;
 pub mod probe;
 pub mod report;
 pub mod run;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Compare a checkpoint's outputs with another implementation.
     #[command(subcommand)]
     Probe(probe::ProbeCommand),
+    /// Train a backbone of the CPU demo (`pretrain clip`), saved in the HF layout.
+    #[command(subcommand)]
+    Pretrain(pretrain::PretrainCommand),
     /// Generate the synthetic world (images, COCO captions, instruct conversations).
     Synth(synth::SynthArgs),
     /// Time training steps on a named size.
@@ -83,6 +87,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Show(a) => show::show(&results, a),
         Command::Probe(c) => probe::probe(c),
         Command::Synth(a) => synth::synth(a),
+        Command::Pretrain(c) => pretrain::pretrain(c),
         Command::Data(c) => data::data(c),
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => report::report(&results, a),

@@ -23,4 +23,4 @@ pub use captions::{score, score_raw, CaptionScores};
 pub use generate::{generate, generate_streams, Decoding, GenerateOptions, Generated};
 pub use infer::{answer_questions, caption_images, generate_for_images, PromptLayout};
 pub use qa::{normalize_answer, qa_exact_match, QaAccuracy};
-pub use session::{Chat, Session};
+pub use session::{chat_layout, Chat, Session};

@@ -168,8 +168,8 @@ impl Session {
             let pixels = chunk
                 .iter()
                 .map(|p| {
-                    let img = load_image(p).with_context(|| format!("cannot read image {}", p.display()))?;
-                    Ok(preprocess(&img, &self.preprocess))
+                    // The error names the file.
+                    Ok(preprocess(&load_image(p)?, &self.preprocess))
                 })
                 .collect::<Result<Vec<_>>>()?;
             for f in self.clip.extract(&pixels)? {
@@ -218,46 +218,64 @@ impl Session {
     /// A conversation about `image`; each [`Chat::ask`] sees every earlier turn.
     pub fn chat(&self, image: &Path) -> Result<Chat<'_>> {
         let features = self.features(&[image.to_path_buf()])?;
-        Ok(Chat { session: self, features, history: vec![], turns: 0 })
+        Ok(Chat { session: self, features, past: vec![] })
     }
 }
 
-/// A multi-turn conversation about one image, laid out as stage 2 trains on it:
-/// `system user [image] image_sep Q1 assistant A1 end user Q2 assistant A2 end ...`, each
-/// piece tokenized on its own (as [`crate::data::sequence::SequenceBuilder::conversation`]
-/// does), earlier answers kept as the tokens the model generated.
+/// The prompt for `question` after the turns `past` (each a question and the answer's
+/// tokens, end marker excluded), laid out as stage 2 trains on conversations:
+/// `system user [image] image_sep Q1 assistant A1 end user Q2 assistant A2 end ... user Q
+/// assistant`, each piece tokenized on its own as
+/// [`crate::data::sequence::SequenceBuilder::conversation`] does. With answers tokenized as
+/// `answer_prefix + answer`, `before + image slot + after` is exactly the training
+/// sequence's prefix.
+pub fn chat_layout(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    end: &[u32],
+    past: &[(String, Vec<u32>)],
+    question: &str,
+) -> Result<PromptLayout> {
+    let Some(((q0, _), _)) = past.split_first() else {
+        return PromptLayout::question(tok, template, question);
+    };
+    let mut layout = PromptLayout::question(tok, template, q0)?;
+    let turns = past.iter().map(|(_, a)| a).zip(past.iter().skip(1).map(|(q, _)| q.as_str()).chain([question]));
+    for (answer, next) in turns {
+        layout.after.extend_from_slice(answer);
+        layout.after.extend_from_slice(end);
+        let piece = format!("{}{}{}", template.user, next, template.assistant);
+        if !piece.is_empty() {
+            layout.after.extend(tok.encode(&piece)?);
+        }
+    }
+    Ok(layout)
+}
+
+/// A multi-turn conversation about one image ([`chat_layout`]); earlier answers are kept
+/// as the tokens the model generated.
 pub struct Chat<'a> {
     session: &'a Session,
     /// `[1, patches, d_vision]`.
     features: Tensor<Compute, 3>,
-    /// Ids after the image slot so far (closed turns).
-    history: Vec<u32>,
-    turns: usize,
+    /// Closed turns: question and answer tokens (end marker excluded).
+    past: Vec<(String, Vec<u32>)>,
 }
 
 impl Chat<'_> {
     /// Turns answered so far.
     pub fn turns(&self) -> usize {
-        self.turns
+        self.past.len()
     }
 
     /// The prompt layout for the next question.
     pub fn layout(&self, question: &str) -> Result<PromptLayout> {
         let s = self.session;
-        let t = &s.template;
-        if self.turns == 0 {
-            return PromptLayout::question(&s.tok, t, question);
-        }
-        let before = PromptLayout::question(&s.tok, t, "")?.before;
-        let mut after = self.history.clone();
-        let piece = format!("{}{}{}", t.user, question, t.assistant);
-        if !piece.is_empty() {
-            after.extend(s.tok.encode(&piece)?);
-        }
-        Ok(PromptLayout { before, after })
+        chat_layout(&s.tok, &s.template, &s.end, &self.past, question)
     }
 
-    /// Answers `question` given the conversation so far, and records the turn.
+    /// Answers `question` given the conversation so far, and records the turn (closed with
+    /// the end marker in later prompts, also when generation stopped at `max_new_tokens`).
     pub fn ask(&mut self, question: &str) -> Result<String> {
         let s = self.session;
         let layout = self.layout(question)?;
@@ -268,13 +286,7 @@ impl Chat<'_> {
             .pop()
             .expect("one generation");
         let text = decode(&s.tok, &g, eos)?;
-        // The next turn continues after this answer, closed with the end marker (also when
-        // generation stopped at `max_new_tokens` before producing it).
-        let mut after = layout.after;
-        after.extend_from_slice(g.text_tokens(eos));
-        after.extend_from_slice(&s.end);
-        self.history = after;
-        self.turns += 1;
+        self.past.push((question.to_string(), g.text_tokens(eos).to_vec()));
         Ok(text)
     }
 }

@@ -1,0 +1,85 @@
+//! `harness pretrain clip`: the tower it writes loads back through the ordinary HF loader
+//! bit for bit, and contrastive training teaches it colours it was never told to classify.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use harness::backend::Compute;
+use harness::data::synth::{generate, SynthOptions};
+use harness::model::clip::{ClipVision, ClipVisionConfig, FeatureSelect};
+use harness::model::preprocess::PreprocessConfig;
+use harness::pretrain::clip::{load_split, pretrain_clip, ClipPretrainOptions};
+
+fn world(dir: &Path) {
+    generate(
+        dir,
+        &SynthOptions {
+            images: WORLD_IMAGES,
+            size: 32,
+            seed: 11,
+            val_fraction: 0.25,
+            threads: 2,
+        },
+    )
+    .unwrap();
+}
+
+const WORLD_IMAGES: usize = 480;
+const STEPS: u64 = 150;
+
+fn values<const D: usize>(t: Tensor<Compute, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn pretrain_clip_round_trips_and_learns_colours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("w");
+    world(&data);
+    let out = tmp.path().join("clip");
+    let o = ClipPretrainOptions {
+        data: data.clone(),
+        out: out.clone(),
+        steps: STEPS,
+        batch: 64,
+        threads: 2,
+        log_every: 0,
+        ..Default::default()
+    };
+    let r = pretrain_clip(&o).unwrap();
+
+    // The folder is an HF CLIPVisionModel: config, weights, preprocessing.
+    let dev = Default::default();
+    let (tower, cfg) = ClipVision::<Compute>::from_dir(&out, &dev).unwrap();
+    assert_eq!(cfg, r.vision_config);
+    assert_eq!(ClipVisionConfig::load(&out).unwrap(), o.vision_config());
+    assert_eq!(PreprocessConfig::load(&out).unwrap(), o.preprocess_config());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pretrain.json")).unwrap()).unwrap();
+    assert!(json["zero_shot"]["color_acc"].is_number());
+
+    // Round trip: the reloaded tower computes exactly what the trained one does, on the
+    // LLaVA features (layer -2, patches) and on the pooled output.
+    let val = load_split(&data, "val", &o.preprocess_config(), 2).unwrap();
+    let idx: Vec<usize> = (0..val.len().min(16)).collect();
+    let px = val.pixel_batch::<Compute>(&idx, o.image_size, &dev);
+    let sel = FeatureSelect::new();
+    let a = values(r.clip.vision.features(px.clone(), &sel));
+    let b = values(tower.features(px.clone(), &sel));
+    assert_eq!(a, b, "layer -2 features differ after save + load");
+    assert_eq!(
+        values(r.clip.vision.pooled(px.clone())),
+        values(tower.pooled(px))
+    );
+
+    // Learning: the loss falls, and zero-shot colour on one-shape val images (chance 1/6)
+    // is far above chance.
+    assert!(r.final_loss < r.first_loss - 0.5, "{} -> {}", r.first_loss, r.final_loss);
+    let z = r.zero_shot.expect("zero-shot on the val split");
+    eprintln!("zero-shot after {STEPS} steps: {z:?}");
+    assert!(z.single_shape_images >= 20, "{z:?}");
+    assert!(z.color_acc >= COLOR_BOUND, "{z:?}");
+}
+
+/// Measured: see the report; set with margin below what the run reaches.
+const COLOR_BOUND: f64 = 0.5;
