@@ -331,7 +331,11 @@ impl<B: Backend> ClipVision<B> {
         type Out = Vec<(String, Vec<usize>, Vec<f32>)>;
         fn put<B: Backend, const D: usize>(out: &mut Out, name: String, t: Tensor<B, D>) {
             let shape = t.dims().to_vec();
-            let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 values");
+            let v = t
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 values");
             out.push((name, shape, v));
         }
         // burn's Linear weight is [in, out]: transposed back to PyTorch's [out, in].
@@ -355,7 +359,11 @@ impl<B: Backend> ClipVision<B> {
             format!("{p}embeddings.patch_embedding.weight"),
             self.patch_embedding.weight.val(),
         );
-        put(o, format!("{p}embeddings.class_embedding"), self.class_embedding.val());
+        put(
+            o,
+            format!("{p}embeddings.class_embedding"),
+            self.class_embedding.val(),
+        );
         put(
             o,
             format!("{p}embeddings.position_embedding.weight"),

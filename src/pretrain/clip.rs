@@ -295,7 +295,8 @@ impl<B: Backend> Clip<B> {
             Distribution::Normal(0.0, (d as f64).powf(-0.5)),
             device,
         ));
-        vision.position_embedding.weight = Param::from_tensor(normal([vcfg.num_positions(), d], 0.02));
+        vision.position_embedding.weight =
+            Param::from_tensor(normal([vcfg.num_positions(), d], 0.02));
         let mut token_embedding = EmbeddingConfig::new(vocab_size, d).init(device);
         token_embedding.weight = Param::from_tensor(normal([vocab_size, d], 0.02));
         let mut position_embedding = EmbeddingConfig::new(MAX_TEXT_LEN, d).init(device);
@@ -384,7 +385,12 @@ impl Split {
     }
 
     /// Pixels `[idx.len(), 3, S, S]`.
-    pub fn pixel_batch<B: Backend>(&self, idx: &[usize], size: usize, device: &B::Device) -> Tensor<B, 4> {
+    pub fn pixel_batch<B: Backend>(
+        &self,
+        idx: &[usize],
+        size: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 4> {
         let mut v = Vec::with_capacity(idx.len() * 3 * size * size);
         for &i in idx {
             v.extend_from_slice(&self.pixels[i]);
@@ -394,7 +400,12 @@ impl Split {
 }
 
 /// Reads `annotations/captions_{split}2017.json` and preprocesses every image once.
-pub fn load_split(data: &Path, split: &str, pcfg: &PreprocessConfig, threads: usize) -> Result<Split> {
+pub fn load_split(
+    data: &Path,
+    split: &str,
+    pcfg: &PreprocessConfig,
+    threads: usize,
+) -> Result<Split> {
     let root = ImageRoot::new(&data.join(format!("{split}2017")))?;
     let json = data
         .join("annotations")
@@ -451,7 +462,12 @@ pub struct ZeroShot {
     pub shape_chance_any: f64,
 }
 
-fn mean_embedding<B: Backend>(clip: &Clip<B>, vocab: &Vocab, prompts: &[String], device: &B::Device) -> Vec<f32> {
+fn mean_embedding<B: Backend>(
+    clip: &Clip<B>,
+    vocab: &Vocab,
+    prompts: &[String],
+    device: &B::Device,
+) -> Vec<f32> {
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let (ids, keep) = vocab.batch::<B>(&refs, device);
     let e = clip.text_embeds(ids, keep).mean_dim(0);
@@ -460,7 +476,12 @@ fn mean_embedding<B: Backend>(clip: &Clip<B>, vocab: &Vocab, prompts: &[String],
 }
 
 /// Image embeddings of a whole split, row-major `[n][e]`.
-pub fn split_embeddings<B: Backend>(clip: &Clip<B>, split: &Split, size: usize, device: &B::Device) -> Vec<Vec<f32>> {
+pub fn split_embeddings<B: Backend>(
+    clip: &Clip<B>,
+    split: &Split,
+    size: usize,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
     let idx: Vec<usize> = (0..split.len()).collect();
     let mut out = Vec::new();
     for chunk in idx.chunks(256) {
@@ -495,7 +516,10 @@ pub fn zero_shot<B: Backend>(
     let color_classes: Vec<Vec<f32>> = COLORS
         .iter()
         .map(|(c, _)| {
-            let mut p: Vec<String> = KINDS.iter().map(|k| format!("a {c} {}", k.name())).collect();
+            let mut p: Vec<String> = KINDS
+                .iter()
+                .map(|k| format!("a {c} {}", k.name()))
+                .collect();
             p.push(format!("a {c} shape"));
             mean_embedding(clip, vocab, &p, device)
         })
@@ -503,14 +527,18 @@ pub fn zero_shot<B: Backend>(
     let kind_classes: Vec<Vec<f32>> = KINDS
         .iter()
         .map(|k| {
-            let mut p: Vec<String> = COLORS.iter().map(|(c, _)| format!("a {c} {}", k.name())).collect();
+            let mut p: Vec<String> = COLORS
+                .iter()
+                .map(|(c, _)| format!("a {c} {}", k.name()))
+                .collect();
             p.push(format!("a {}", k.name()));
             mean_embedding(clip, vocab, &p, device)
         })
         .collect();
     let embeds = split_embeddings(clip, val, size, device);
     let mut z = ZeroShot::default();
-    let (mut c1, mut k1, mut ca, mut ka, mut cch, mut kch) = (0usize, 0usize, 0usize, 0usize, 0.0, 0.0);
+    let (mut c1, mut k1, mut ca, mut ka, mut cch, mut kch) =
+        (0usize, 0usize, 0usize, 0usize, 0.0, 0.0);
     for (e, &id) in embeds.iter().zip(&val.image_ids) {
         let sc = scene(world_seed, id - 1);
         let pc = argmax_class(e, &color_classes);
@@ -529,7 +557,13 @@ pub fn zero_shot<B: Backend>(
             k1 += has_k as usize;
         }
     }
-    let frac = |a: usize, n: usize| if n == 0 { f64::NAN } else { a as f64 / n as f64 };
+    let frac = |a: usize, n: usize| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            a as f64 / n as f64
+        }
+    };
     z.color_acc = frac(c1, z.single_shape_images);
     z.shape_acc = frac(k1, z.single_shape_images);
     z.color_acc_any = frac(ca, z.images);
@@ -574,7 +608,11 @@ pub fn pretrain_clip(o: &ClipPretrainOptions) -> Result<ClipPretrained> {
     let pcfg = o.preprocess_config();
     let train = load_split(&o.data, "train", &pcfg, o.threads)
         .with_context(|| format!("reading the training split of {}", o.data.display()))?;
-    anyhow::ensure!(train.len() >= 2, "{} has fewer than 2 training images", o.data.display());
+    anyhow::ensure!(
+        train.len() >= 2,
+        "{} has fewer than 2 training images",
+        o.data.display()
+    );
     let val = load_split(&o.data, "val", &pcfg, o.threads).ok();
     let vocab = Vocab::build(train.captions.iter().flatten().map(String::as_str));
 
@@ -676,6 +714,9 @@ pub fn pretrain_clip(o: &ClipPretrainOptions) -> Result<ClipPretrained> {
         "total_seconds": out.total_seconds,
         "zero_shot": out.zero_shot,
     });
-    crate::fsutil::write_atomic(&o.out.join("pretrain.json"), &serde_json::to_vec_pretty(&report)?)?;
+    crate::fsutil::write_atomic(
+        &o.out.join("pretrain.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
     Ok(out)
 }

@@ -74,7 +74,12 @@ fn pretrain_clip_round_trips_and_learns_colours() {
 
     // Learning: the loss falls, and zero-shot colour on one-shape val images (chance 1/6)
     // is far above chance.
-    assert!(r.final_loss < r.first_loss - 0.5, "{} -> {}", r.first_loss, r.final_loss);
+    assert!(
+        r.final_loss < r.first_loss - 0.5,
+        "{} -> {}",
+        r.first_loss,
+        r.final_loss
+    );
     let z = r.zero_shot.expect("zero-shot on the val split");
     eprintln!("zero-shot after {STEPS} steps: {z:?}");
     assert!(z.single_shape_images >= 20, "{z:?}");
