@@ -40,13 +40,20 @@ impl DecodeArgs {
         }
         if let Some(k) = self.beams {
             s.opts.decoding = if k > 1 {
-                Decoding::Beam { width: k, length_penalty: 1.0 }
+                Decoding::Beam {
+                    width: k,
+                    length_penalty: 1.0,
+                }
             } else {
                 Decoding::Greedy
             };
         }
         if let Some(t) = self.temperature {
-            s.opts.decoding = Decoding::Sample { temperature: t, top_p: self.top_p, seed: self.seed };
+            s.opts.decoding = Decoding::Sample {
+                temperature: t,
+                top_p: self.top_p,
+                seed: self.seed,
+            };
         }
         Ok(s)
     }
@@ -83,5 +90,13 @@ pub fn caption(results: &Path, a: CaptionArgs) -> anyhow::Result<()> {
 
 /// Text on one line (newlines and tabs as spaces), for line-oriented output.
 pub fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c == '\n' || c == '\r' || c == '\t' { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
 }

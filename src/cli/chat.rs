@@ -27,7 +27,10 @@ pub struct ChatArgs {
 pub fn chat(results: &Path, a: ChatArgs) -> anyhow::Result<()> {
     let s = a.decode.session(results, &a.run)?;
     if s.stage < 2 {
-        eprintln!("note: run {} has no stage-2 weights; answering with the stage-1 model", s.run_id);
+        eprintln!(
+            "note: run {} has no stage-2 weights; answering with the stage-1 model",
+            s.run_id
+        );
     }
     let mut chat = s.chat(&a.image)?;
     if let Some(q) = &a.question {

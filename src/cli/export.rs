@@ -26,11 +26,19 @@ pub struct ExportArgs {
 }
 
 pub fn export(results: &Path, a: ExportArgs) -> anyhow::Result<()> {
-    let opts = ExportOptions { base_model: a.base_model, stage: a.stage };
+    let opts = ExportOptions {
+        base_model: a.base_model,
+        stage: a.stage,
+    };
     let e = export_run(&Store::new(results), &a.run, &a.out, &opts)?;
     println!("run {} (stage {} weights)", e.run_id, e.stage);
     match &e.adapter {
-        Some(c) => println!("LoRA r {} alpha {} on {}", c.r, c.lora_alpha, c.target_modules.join(",")),
+        Some(c) => println!(
+            "LoRA r {} alpha {} on {}",
+            c.r,
+            c.lora_alpha,
+            c.target_modules.join(",")
+        ),
         None => println!("no LoRA adapters (stage 1 only): projector and model card"),
     }
     for f in &e.files {

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub mod compare;
 pub mod bench;
 pub mod caption;
 pub mod chat;
+pub mod compare;
 pub mod data;
 pub mod eval;
 pub mod export;

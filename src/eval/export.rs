@@ -49,14 +49,21 @@ pub struct Exported {
 }
 
 /// Exports run `reference` into `out` (created if needed; files there are replaced).
-pub fn export_run(store: &Store, reference: &str, out: &Path, opts: &ExportOptions) -> Result<Exported> {
+pub fn export_run(
+    store: &Store,
+    reference: &str,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<Exported> {
     let run_id = store.resolve(reference)?;
     let exp = store.read_experiment(&run_id)?;
     let s2 = stage_final_dir(store, &run_id, 2)?;
     let s1 = stage_final_dir(store, &run_id, 1)?;
     let (stage, weights) = match (opts.stage, s2, s1) {
         (None | Some(2), Some(d), _) => (2u8, d),
-        (Some(2), None, _) => anyhow::bail!("run {run_id} has not completed stage 2: nothing to export as an adapter"),
+        (Some(2), None, _) => {
+            anyhow::bail!("run {run_id} has not completed stage 2: nothing to export as an adapter")
+        }
         (None | Some(1), _, Some(d)) => (1, d),
         (Some(s), _, _) if s != 1 && s != 2 => anyhow::bail!("there is no stage {s} (1 or 2)"),
         _ => anyhow::bail!("run {run_id} has no completed stage to export"),
@@ -92,7 +99,10 @@ pub fn export_run(store: &Store, reference: &str, out: &Path, opts: &ExportOptio
         "image_tokens": vcfg.num_patches() + usize::from(with_cls),
         "stage": stage,
     });
-    crate::fsutil::write_atomic(&p, (serde_json::to_string_pretty(&pjson)? + "\n").as_bytes())?;
+    crate::fsutil::write_atomic(
+        &p,
+        (serde_json::to_string_pretty(&pjson)? + "\n").as_bytes(),
+    )?;
     files.push(p);
 
     // Adapters.
@@ -102,9 +112,17 @@ pub fn export_run(store: &Store, reference: &str, out: &Path, opts: &ExportOptio
         let rec = burn::record::NamedMpkFileRecorder::<burn::record::FullPrecisionSettings>::new();
         let skeleton = peft::adapters_skeleton::<Compute>(&lcfg, &lora, &device);
         let record = burn::record::Recorder::load(&rec, weights.join("adapters"), &device)
-            .with_context(|| format!("loading the LoRA adapters from {}", weights.join("adapters.mpk").display()))?;
+            .with_context(|| {
+                format!(
+                    "loading the LoRA adapters from {}",
+                    weights.join("adapters.mpk").display()
+                )
+            })?;
         let adapters = skeleton.load_record(record);
-        let base = opts.base_model.clone().unwrap_or_else(|| lm_dir.display().to_string());
+        let base = opts
+            .base_model
+            .clone()
+            .unwrap_or_else(|| lm_dir.display().to_string());
         adapter = Some(peft::write_adapter(out, &adapters, &lora, &base)?);
         files.push(out.join(peft::CONFIG_FILE));
         files.push(out.join(peft::WEIGHTS_FILE));
@@ -117,7 +135,12 @@ pub fn export_run(store: &Store, reference: &str, out: &Path, opts: &ExportOptio
     let card = model_card(store, &run_id, &exp, stage, adapter.as_ref())?;
     crate::fsutil::write_atomic(&p, card.as_bytes())?;
     files.push(p);
-    Ok(Exported { run_id, stage, adapter, files })
+    Ok(Exported {
+        run_id,
+        stage,
+        adapter,
+        files,
+    })
 }
 
 /// The model card: identity, how to load it, config, final metrics.
@@ -135,16 +158,33 @@ fn model_card(
         s,
         "A LLaVA-style vision-language model trained with `harness`: a frozen CLIP vision tower, \
          a projector, and a Phi language model{}.\n",
-        if adapter.is_some() { " with LoRA adapters" } else { " (frozen)" }
+        if adapter.is_some() {
+            " with LoRA adapters"
+        } else {
+            " (frozen)"
+        }
     )?;
     writeln!(s, "| | |\n|---|---|")?;
     writeln!(s, "| run | `{run_id}` |")?;
-    writeln!(s, "| commit | `{}`{} |", summary.commit, if summary.dirty { " (dirty tree)" } else { "" })?;
+    writeln!(
+        s,
+        "| commit | `{}`{} |",
+        summary.commit,
+        if summary.dirty { " (dirty tree)" } else { "" }
+    )?;
     writeln!(s, "| status | {} |", summary.status)?;
     writeln!(s, "| exported stage | {stage} |")?;
-    writeln!(s, "| vision tower | `{}` (layer {}) |", exp.model.vision, exp.model.feature_layer)?;
+    writeln!(
+        s,
+        "| vision tower | `{}` (layer {}) |",
+        exp.model.vision, exp.model.feature_layer
+    )?;
     writeln!(s, "| language model | `{}` |", exp.model.lm)?;
-    writeln!(s, "| projector | {:?}, depth {} |", exp.model.projector, exp.model.projector_depth)?;
+    writeln!(
+        s,
+        "| projector | {:?}, depth {} |",
+        exp.model.projector, exp.model.projector_depth
+    )?;
     if let Some(a) = adapter {
         writeln!(
             s,
@@ -154,10 +194,23 @@ fn model_card(
             a.lora_dropout,
             a.target_modules.join(", ")
         )?;
-        writeln!(s, "| base during training | {:?}{} |", exp.stage2.quant, if exp.stage2.double_quant { " (double quant)" } else { "" })?;
+        writeln!(
+            s,
+            "| base during training | {:?}{} |",
+            exp.stage2.quant,
+            if exp.stage2.double_quant {
+                " (double quant)"
+            } else {
+                ""
+            }
+        )?;
     }
     for (name, st) in &summary.stages {
-        let from = if st.run_id == run_id { String::new() } else { format!(", from run `{}`", st.run_id) };
+        let from = if st.run_id == run_id {
+            String::new()
+        } else {
+            format!(", from run `{}`", st.run_id)
+        };
         writeln!(s, "| {name} | {}{from} |", st.state)?;
     }
 
@@ -182,7 +235,11 @@ fn model_card(
                 "The adapters were trained on an NF4-quantized base (QLoRA). On a full-precision \
                  base the outputs differ slightly from the trained model's; load the base in 4-bit \
                  NF4 (bitsandbytes, block 64{}) to match it.",
-                if exp.stage2.double_quant { ", double quantization" } else { "" }
+                if exp.stage2.double_quant {
+                    ", double quantization"
+                } else {
+                    ""
+                }
             )?;
         }
         writeln!(
@@ -210,6 +267,10 @@ fn model_card(
             writeln!(s, "| {k} | {v:.6} |")?;
         }
     }
-    writeln!(s, "\n## Config\n\n```toml\n{}```", crate::config::to_toml(exp))?;
+    writeln!(
+        s,
+        "\n## Config\n\n```toml\n{}```",
+        crate::config::to_toml(exp)
+    )?;
     Ok(s)
 }

@@ -69,7 +69,11 @@ pub fn stage_final_dir(store: &Store, run_id: &str, stage: u8) -> Result<Option<
     if !matches!(st.state, State::Completed | State::Reused) {
         return Ok(None);
     }
-    let dir = store.run_dir(&st.run_id).join("checkpoints").join(&name).join("final");
+    let dir = store
+        .run_dir(&st.run_id)
+        .join("checkpoints")
+        .join(&name)
+        .join("final");
     ensure!(
         dir.join("projector.mpk").exists(),
         "{name} of run {run_id} is {} but its weights are missing: {}",
@@ -106,9 +110,14 @@ impl Session {
         let (select, pre) = crate::train::data::vision_setup(&exp, &vision_dir)?;
         let clip = ClipExtractor::<Compute>::from_dir(&vision_dir, select, &device)
             .with_context(|| format!("loading the vision tower from {}", vision_dir.display()))?;
-        let tok = Tokenizer::from_dir(&lm_dir).with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
+        let tok = Tokenizer::from_dir(&lm_dir)
+            .with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
         let lm_config = PhiConfig::load(&lm_dir)?;
-        let lora = if stage == 2 { LoraConfig::from_stage2(&exp.stage2) } else { LoraConfig::frozen() };
+        let lora = if stage == 2 {
+            LoraConfig::from_stage2(&exp.stage2)
+        } else {
+            LoraConfig::frozen()
+        };
         let ckpt = Checkpoint::open(&lm_dir)?;
         let mut lm = Phi::<Compute>::load_with(&ckpt, &lm_config, &device, &lora)
             .with_context(|| format!("loading the language model from {}", lm_dir.display()))?;
@@ -116,7 +125,8 @@ impl Session {
         if stage == 2 {
             lm = crate::train::checkpoint::load_adapters(lm, &weights_dir, &device)?;
         }
-        let projector = crate::train::projector_config(&exp, clip.dim(), lm_config.hidden_size).init::<Compute>(&device);
+        let projector = crate::train::projector_config(&exp, clip.dim(), lm_config.hidden_size)
+            .init::<Compute>(&device);
         let projector = crate::train::checkpoint::load_projector(projector, &weights_dir, &device)?;
 
         let template = ChatTemplate::named(&exp.data.template)?;
@@ -131,7 +141,10 @@ impl Session {
             max_new_tokens: exp.eval.max_new_tokens as usize,
             eos: tok.eos_id,
             decoding: if exp.eval.beams > 1 {
-                Decoding::Beam { width: exp.eval.beams as usize, length_penalty: 1.0 }
+                Decoding::Beam {
+                    width: exp.eval.beams as usize,
+                    length_penalty: 1.0,
+                }
             } else {
                 Decoding::Greedy
             },
@@ -176,7 +189,10 @@ impl Session {
                 flat.extend(f);
             }
         }
-        Ok(Tensor::from_data(TensorData::new(flat, [images.len(), t, d]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [images.len(), t, d]),
+            &self.device,
+        ))
     }
 
     /// The end token generation stops at: the template's single end token, else eos.
@@ -200,14 +216,30 @@ impl Session {
         self.generate(images, &vec![layout; images.len()], self.answer_eos())
     }
 
-    fn generate(&self, images: &[PathBuf], layouts: &[PromptLayout], eos: Option<u32>) -> Result<Vec<String>> {
+    fn generate(
+        &self,
+        images: &[PathBuf],
+        layouts: &[PromptLayout],
+        eos: Option<u32>,
+    ) -> Result<Vec<String>> {
         let feats = self.features(images)?;
-        let opts = GenerateOptions { eos, ..self.opts.clone() };
+        let opts = GenerateOptions {
+            eos,
+            ..self.opts.clone()
+        };
         let pad = self.tok.pad_id.unwrap_or(0);
-        generate_for_images(&self.projector, &self.lm, feats, layouts, pad, &opts, CLIP_BATCH)
-            .iter()
-            .map(|g| decode(&self.tok, g, eos))
-            .collect()
+        generate_for_images(
+            &self.projector,
+            &self.lm,
+            feats,
+            layouts,
+            pad,
+            &opts,
+            CLIP_BATCH,
+        )
+        .iter()
+        .map(|g| decode(&self.tok, g, eos))
+        .collect()
     }
 
     /// The answer to one question about `image` (a fresh conversation).
@@ -218,7 +250,11 @@ impl Session {
     /// A conversation about `image`; each [`Chat::ask`] sees every earlier turn.
     pub fn chat(&self, image: &Path) -> Result<Chat<'_>> {
         let features = self.features(&[image.to_path_buf()])?;
-        Ok(Chat { session: self, features, past: vec![] })
+        Ok(Chat {
+            session: self,
+            features,
+            past: vec![],
+        })
     }
 }
 
@@ -240,7 +276,12 @@ pub fn chat_layout(
         return PromptLayout::question(tok, template, question);
     };
     let mut layout = PromptLayout::question(tok, template, q0)?;
-    let turns = past.iter().map(|(_, a)| a).zip(past.iter().skip(1).map(|(q, _)| q.as_str()).chain([question]));
+    let turns = past.iter().map(|(_, a)| a).zip(
+        past.iter()
+            .skip(1)
+            .map(|(q, _)| q.as_str())
+            .chain([question]),
+    );
     for (answer, next) in turns {
         layout.after.extend_from_slice(answer);
         layout.after.extend_from_slice(end);
@@ -280,13 +321,25 @@ impl Chat<'_> {
         let s = self.session;
         let layout = self.layout(question)?;
         let eos = s.answer_eos();
-        let opts = GenerateOptions { eos, ..s.opts.clone() };
+        let opts = GenerateOptions {
+            eos,
+            ..s.opts.clone()
+        };
         let pad = s.tok.pad_id.unwrap_or(0);
-        let g = generate_for_images(&s.projector, &s.lm, self.features.clone(), std::slice::from_ref(&layout), pad, &opts, 1)
-            .pop()
-            .expect("one generation");
+        let g = generate_for_images(
+            &s.projector,
+            &s.lm,
+            self.features.clone(),
+            std::slice::from_ref(&layout),
+            pad,
+            &opts,
+            1,
+        )
+        .pop()
+        .expect("one generation");
         let text = decode(&s.tok, &g, eos)?;
-        self.past.push((question.to_string(), g.text_tokens(eos).to_vec()));
+        self.past
+            .push((question.to_string(), g.text_tokens(eos).to_vec()));
         Ok(text)
     }
 }

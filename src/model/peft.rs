@@ -115,8 +115,15 @@ impl PeftLoraConfig {
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
             return bad("modules_to_save", format!("{:?}", self.modules_to_save));
         }
-        if self.layers_to_transform.as_ref().is_some_and(|v| !v.is_null()) {
-            return bad("layers_to_transform", format!("{:?}", self.layers_to_transform));
+        if self
+            .layers_to_transform
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return bad(
+                "layers_to_transform",
+                format!("{:?}", self.layers_to_transform),
+            );
         }
         ensure!(self.r > 0, "PEFT adapter has r = 0");
         Ok(LoraConfig {
@@ -169,10 +176,17 @@ fn named_adapters<B: Backend>(a: &PhiAdapters<B>) -> Vec<(String, &Option<LoraAd
 
 /// Fresh adapters shaped for a Phi of `cfg` under `lora` (what a stage-2 checkpoint's
 /// `adapters.mpk` loads into), without loading the base weights.
-pub fn adapters_skeleton<B: Backend>(cfg: &PhiConfig, lora: &LoraConfig, device: &B::Device) -> PhiAdapters<B> {
+pub fn adapters_skeleton<B: Backend>(
+    cfg: &PhiConfig,
+    lora: &LoraConfig,
+    device: &B::Device,
+) -> PhiAdapters<B> {
     let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
     let kv = cfg.num_key_value_heads * cfg.head_dim();
-    let ad = |path: String, i, o| lora.is_target(&path).then(|| LoraAdapter::init(i, o, lora, device));
+    let ad = |path: String, i, o| {
+        lora.is_target(&path)
+            .then(|| LoraAdapter::init(i, o, lora, device))
+    };
     PhiAdapters {
         layers: (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -214,7 +228,9 @@ pub fn peft_key(path: &str, ab: char) -> String {
 }
 
 /// Every adapter as peft tensors: `(key, shape, row-major values)`, keys sorted.
-pub fn adapter_tensors<B: Backend>(adapters: &PhiAdapters<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn adapter_tensors<B: Backend>(
+    adapters: &PhiAdapters<B>,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut out = vec![];
     for (path, ad) in named_adapters(adapters) {
         if let Some(ad) = ad {
@@ -239,9 +255,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
     let views: BTreeMap<String, TensorView<'_>> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((name, shape, _), b)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .map(|((name, shape, _), b)| {
+            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?))
+        })
         .collect::<Result<_>>()?;
-    let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    let meta = Some(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
     let tmp = crate::fsutil::temp_sibling(path);
     safetensors::serialize_to_file(views, meta, &tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -258,7 +280,10 @@ pub fn write_adapter<B: Backend>(
     base_model: &str,
 ) -> Result<PeftLoraConfig> {
     let tensors = adapter_tensors(adapters);
-    ensure!(!tensors.is_empty(), "the model has no LoRA adapters to export");
+    ensure!(
+        !tensors.is_empty(),
+        "the model has no LoRA adapters to export"
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pc = PeftLoraConfig::from_lora(cfg, base_model);
     let text = serde_json::to_string_pretty(&pc.to_json())? + "\n";
@@ -270,7 +295,8 @@ pub fn write_adapter<B: Backend>(
 /// Reads `dir/adapter_config.json`.
 pub fn read_config(dir: &Path) -> Result<PeftLoraConfig> {
     let p = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a PEFT LoRA config", p.display()))
 }
 
@@ -298,7 +324,11 @@ pub fn load_adapter<B: Backend>(mut lm: Phi<B>, dir: &Path, device: &B::Device) 
         used.insert(ka);
         used.insert(kb);
     }
-    let extra: Vec<String> = ckpt.names().into_iter().filter(|n| !used.contains(n)).collect();
+    let extra: Vec<String> = ckpt
+        .names()
+        .into_iter()
+        .filter(|n| !used.contains(n))
+        .collect();
     ensure!(
         extra.is_empty(),
         "{}: tensors no module of this model takes (targets {:?}): {}",
@@ -306,6 +336,10 @@ pub fn load_adapter<B: Backend>(mut lm: Phi<B>, dir: &Path, device: &B::Device) 
         cfg.targets,
         extra.join(", ")
     );
-    ensure!(!used.is_empty(), "{}: no adapter matched the model's linears", file.display());
+    ensure!(
+        !used.is_empty(),
+        "{}: no adapter matched the model's linears",
+        file.display()
+    );
     Ok(lm)
 }

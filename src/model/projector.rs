@@ -112,7 +112,13 @@ impl<B: Backend> Projector<B> {
         let (dv, d) = (cfg.d_vision, cfg.d_lm);
         let hidden = cfg.block_hidden.unwrap_or(d);
         // An empty prefix reads the names as `harness export` writes them (`input.weight`).
-        let at = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let at = |name: &str| {
+            if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            }
+        };
         let mut p = cfg.init::<B>(device);
         p.input = ckpt.linear(&at("input"), dv, d, true, device)?;
         for (i, b) in p.blocks.iter_mut().enumerate() {

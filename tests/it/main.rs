@@ -1,6 +1,8 @@
 //! One integration-test binary (one link of burn + polars instead of one per file).
 //! Each area adds its module here.
 
+mod common;
+mod config_hash;
 mod data_batch;
 mod data_bench;
 mod data_cache;
@@ -17,11 +19,9 @@ mod model_parity;
 mod model_vlm;
 mod pretrain;
 mod qlora;
-mod common;
-mod config_hash;
 mod report_charts;
 mod report_cost;
 mod report_pages;
 mod store_runs;
-mod train_step;
 mod train_e2e;
+mod train_step;

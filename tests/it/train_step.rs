@@ -22,7 +22,10 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -30,7 +33,8 @@ fn stage1_step_matches_pytorch() {
     let dev = Default::default();
     let refs = read_all_f32(std::path::Path::new(&format!("{DIR}/step1.safetensors"))).unwrap();
     let hp: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/step1.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/step1.json")).unwrap())
+            .unwrap();
     let (lm, lm_cfg) = Phi::<Train>::from_dir(format!("{DIR}/phi").as_ref(), &dev).unwrap();
     let lm = lm.no_grad();
     let (fshape, feats) = &refs["features"];
@@ -40,14 +44,23 @@ fn stage1_step_matches_pytorch() {
 
     let ints = |k: &str| -> Tensor<Train, 2, Int> {
         let (s, v) = &refs[k];
-        Tensor::from_data(TensorData::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), [s[0], s[1]]), &dev)
+        Tensor::from_data(
+            TensorData::new(
+                v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+                [s[0], s[1]],
+            ),
+            &dev,
+        )
     };
     let [b, l] = [refs["input_ids"].0[0], refs["input_ids"].0[1]];
     let batch = LlavaBatch::<Train> {
         input_ids: ints("input_ids"),
         labels: ints("labels"),
         attention_mask: ints("attention_mask"),
-        image_features: Tensor::from_data(TensorData::new(feats.clone(), [fshape[0], fshape[1], fshape[2]]), &dev),
+        image_features: Tensor::from_data(
+            TensorData::new(feats.clone(), [fshape[0], fshape[1], fshape[2]]),
+            &dev,
+        ),
         image_start: vec![Some(0); b],
         ids: vec![String::new(); b],
         lengths: vec![l; b],
@@ -56,12 +69,22 @@ fn stage1_step_matches_pytorch() {
     let (loss, _) = masked_lm_loss(forward(&projector, &lm, &batch), batch.labels.clone());
     let loss_v = loss.clone().into_scalar().elem::<f32>();
     let ref_loss = refs["loss"].1[0];
-    assert!((loss_v - ref_loss).abs() <= 1e-4, "loss {loss_v} vs PyTorch {ref_loss}");
+    assert!(
+        (loss_v - ref_loss).abs() <= 1e-4,
+        "loss {loss_v} vs PyTorch {ref_loss}"
+    );
 
     let mut g = GradientsParams::from_grads(loss.backward(), &projector);
-    let norm = grads::clip_global_norm::<Train, _>(&projector, &mut g, hp["clip_grad_norm"].as_f64().unwrap());
+    let norm = grads::clip_global_norm::<Train, _>(
+        &projector,
+        &mut g,
+        hp["clip_grad_norm"].as_f64().unwrap(),
+    );
     let ref_norm = refs["grad_norm"].1[0] as f64;
-    assert!((norm - ref_norm).abs() <= 1e-4 * ref_norm.max(1.0), "grad norm {norm} vs {ref_norm}");
+    assert!(
+        (norm - ref_norm).abs() <= 1e-4 * ref_norm.max(1.0),
+        "grad norm {norm} vs {ref_norm}"
+    );
     let mut optim = AdamWConfig::new()
         .with_beta_1(hp["beta1"].as_f64().unwrap() as f32)
         .with_beta_2(hp["beta2"].as_f64().unwrap() as f32)
@@ -74,13 +97,28 @@ fn stage1_step_matches_pytorch() {
     let t = |w: Tensor<Train, 2>| values(w.transpose());
     let pairs: Vec<(&str, Vec<f32>)> = vec![
         ("input.weight", t(after.input.weight.val())),
-        ("input.bias", values(after.input.bias.clone().unwrap().val())),
-        ("blocks.0.norm.weight", values(after.blocks[0].norm.gamma.val())),
-        ("blocks.0.norm.bias", values(after.blocks[0].norm.beta.clone().unwrap().val())),
+        (
+            "input.bias",
+            values(after.input.bias.clone().unwrap().val()),
+        ),
+        (
+            "blocks.0.norm.weight",
+            values(after.blocks[0].norm.gamma.val()),
+        ),
+        (
+            "blocks.0.norm.bias",
+            values(after.blocks[0].norm.beta.clone().unwrap().val()),
+        ),
         ("blocks.0.w1.weight", t(after.blocks[0].w1.weight.val())),
-        ("blocks.0.w1.bias", values(after.blocks[0].w1.bias.clone().unwrap().val())),
+        (
+            "blocks.0.w1.bias",
+            values(after.blocks[0].w1.bias.clone().unwrap().val()),
+        ),
         ("blocks.0.w2.weight", t(after.blocks[0].w2.weight.val())),
-        ("blocks.0.w2.bias", values(after.blocks[0].w2.bias.clone().unwrap().val())),
+        (
+            "blocks.0.w2.bias",
+            values(after.blocks[0].w2.bias.clone().unwrap().val()),
+        ),
     ];
     let mut worst = 0f32;
     for (k, ours) in pairs {
@@ -91,7 +129,11 @@ fn stage1_step_matches_pytorch() {
         worst = worst.max(e);
         assert!(e <= 1e-5, "{k}: max abs error {e} after one AdamW step");
     }
-    eprintln!("stage-1 step parity: loss err {:.2e}, grad norm err {:.2e}, worst weight err {worst:.2e}", (loss_v - ref_loss).abs(), (norm - ref_norm).abs());
+    eprintln!(
+        "stage-1 step parity: loss err {:.2e}, grad norm err {:.2e}, worst weight err {worst:.2e}",
+        (loss_v - ref_loss).abs(),
+        (norm - ref_norm).abs()
+    );
 }
 
 /// Phi's LoRA targets of one layer with their module paths (peft's names) below the layer.
@@ -106,7 +148,9 @@ fn layer_linears<B: Backend>(l: &PhiLayer<B>) -> [(&'static str, &LoraLinear<B>)
     ]
 }
 
-fn adapter_slots<B: Backend>(l: &mut LayerAdapters<B>) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
+fn adapter_slots<B: Backend>(
+    l: &mut LayerAdapters<B>,
+) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
     [
         ("self_attn.q_proj", &mut l.q_proj),
         ("self_attn.k_proj", &mut l.k_proj),
@@ -126,8 +170,13 @@ fn stage2_step(case: &str) {
     let file = format!("{DIR}/step2_{case}.safetensors");
     let refs = read_all_f32(std::path::Path::new(&file)).unwrap();
     let hp: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/step2_{case}.json")).unwrap()).unwrap();
-    let num = |k: &str| hp[k].as_f64().unwrap_or_else(|| panic!("{k} in step2_{case}.json"));
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/step2_{case}.json")).unwrap())
+            .unwrap();
+    let num = |k: &str| {
+        hp[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in step2_{case}.json"))
+    };
 
     let quant = match hp["quant"].as_str().unwrap() {
         "lora" => None,
@@ -142,24 +191,40 @@ fn stage2_step(case: &str) {
         rank: num("rank") as usize,
         alpha: num("alpha"),
         dropout: num("dropout"),
-        targets: hp["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect(),
+        targets: hp["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect(),
         quant,
     };
     assert_eq!(lora.dropout, 0.0, "parity needs dropout off");
 
     let phi_dir = format!("{DIR}/phi");
     let lm_cfg = PhiConfig::load(phi_dir.as_ref()).unwrap();
-    let lm = Phi::<Train>::load_with(&Checkpoint::open(&phi_dir).unwrap(), &lm_cfg, &dev, &lora).unwrap();
+    let lm = Phi::<Train>::load_with(&Checkpoint::open(&phi_dir).unwrap(), &lm_cfg, &dev, &lora)
+        .unwrap();
 
     // The NF4 base dequantizes to bitwise what bitsandbytes' round trip gave the reference.
     if lora.quant.is_some() {
         for (i, layer) in lm.layers.iter().enumerate() {
             for (name, lin) in layer_linears(layer) {
-                let q = lin.base.nf4().unwrap_or_else(|| panic!("layer {i} {name} is not NF4"));
+                let q = lin
+                    .base
+                    .nf4()
+                    .unwrap_or_else(|| panic!("layer {i} {name} is not NF4"));
                 let theirs = &refs[&format!("deq.model.layers.{i}.{name}")].1;
                 let ours = q.dequantize();
-                let differ = ours.iter().zip(theirs).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-                assert_eq!(differ, 0, "layer {i} {name}: {differ} dequantized weights differ from bitsandbytes'");
+                let differ = ours
+                    .iter()
+                    .zip(theirs)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "layer {i} {name}: {differ} dequantized weights differ from bitsandbytes'"
+                );
             }
         }
     }
@@ -179,22 +244,44 @@ fn stage2_step(case: &str) {
 
     let (fshape, feats) = &refs["features"];
     let cfg = ProjectorConfig::new(fshape[2], lm_cfg.hidden_size).with_depth(num("depth") as usize);
-    let projector: Projector<Train> =
-        Projector::load(&Checkpoint::open_file(&file).unwrap(), "projector", &cfg, &dev).unwrap();
+    let projector: Projector<Train> = Projector::load(
+        &Checkpoint::open_file(&file).unwrap(),
+        "projector",
+        &cfg,
+        &dev,
+    )
+    .unwrap();
 
     let ints = |k: &str| -> Tensor<Train, 2, Int> {
         let (s, v) = &refs[k];
-        Tensor::from_data(TensorData::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), [s[0], s[1]]), &dev)
+        Tensor::from_data(
+            TensorData::new(
+                v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+                [s[0], s[1]],
+            ),
+            &dev,
+        )
     };
     let [b, l] = [refs["input_ids"].0[0], refs["input_ids"].0[1]];
-    let starts: Vec<Option<usize>> = refs["image_start"].1.iter().map(|&s| Some(s as usize)).collect();
+    let starts: Vec<Option<usize>> = refs["image_start"]
+        .1
+        .iter()
+        .map(|&s| Some(s as usize))
+        .collect();
     assert_eq!(starts.len(), b);
-    let lengths = refs["attention_mask"].1.chunks(l).map(|r| r.iter().filter(|&&m| m == 1.0).count()).collect();
+    let lengths = refs["attention_mask"]
+        .1
+        .chunks(l)
+        .map(|r| r.iter().filter(|&&m| m == 1.0).count())
+        .collect();
     let batch = LlavaBatch::<Train> {
         input_ids: ints("input_ids"),
         labels: ints("labels"),
         attention_mask: ints("attention_mask"),
-        image_features: Tensor::from_data(TensorData::new(feats.clone(), [fshape[0], fshape[1], fshape[2]]), &dev),
+        image_features: Tensor::from_data(
+            TensorData::new(feats.clone(), [fshape[0], fshape[1], fshape[2]]),
+            &dev,
+        ),
         image_start: starts,
         ids: vec![String::new(); b],
         lengths,
@@ -204,19 +291,29 @@ fn stage2_step(case: &str) {
     let loss_v = loss.clone().into_scalar().elem::<f32>();
     let ref_loss = refs["loss"].1[0];
     let loss_err = (loss_v - ref_loss).abs();
-    assert!(loss_err <= 1e-4, "{case}: loss {loss_v} vs PyTorch {ref_loss}");
+    assert!(
+        loss_err <= 1e-4,
+        "{case}: loss {loss_v} vs PyTorch {ref_loss}"
+    );
 
     let mut g = loss.backward();
     let mut gp = GradientsParams::from_module(&mut g, &projector);
     let mut gl = GradientsParams::from_module(&mut g, &lm);
     let n_adapters = 6 * lm_cfg.num_hidden_layers;
-    assert_eq!(gl.len(), 2 * n_adapters, "{case}: only the adapters' A and B get gradients in Phi");
+    assert_eq!(
+        gl.len(),
+        2 * n_adapters,
+        "{case}: only the adapters' A and B get gradients in Phi"
+    );
     let np = grads::global_norm::<Train, _>(&projector, &gp);
     let nl = grads::global_norm::<Train, _>(&lm, &gl);
     let norm = (np * np + nl * nl).sqrt();
     let ref_norm = refs["grad_norm"].1[0] as f64;
     let norm_err = (norm - ref_norm).abs();
-    assert!(norm_err <= 1e-4 * ref_norm.max(1.0), "{case}: grad norm {norm} vs {ref_norm}");
+    assert!(
+        norm_err <= 1e-4 * ref_norm.max(1.0),
+        "{case}: grad norm {norm} vs {ref_norm}"
+    );
     let clip = num("clip_grad_norm");
     assert!(norm > clip, "the fixture's step must clip");
     let f = clip / (norm + 1e-6);
@@ -230,20 +327,44 @@ fn stage2_step(case: &str) {
             .with_epsilon(num("eps") as f32)
             .with_weight_decay(num("weight_decay") as f32)
     };
-    let after_p = adamw().init::<Train, Projector<Train>>().step(num("projector_lr"), projector, gp);
+    let after_p =
+        adamw()
+            .init::<Train, Projector<Train>>()
+            .step(num("projector_lr"), projector, gp);
     let after_l = adamw().init::<Train, Phi<Train>>().step(num("lr"), lm, gl);
 
     let t = |w: Tensor<Train, 2>| values(w.transpose());
     let p = &after_p;
     let mut pairs: Vec<(String, Vec<f32>)> = vec![
         ("projector.input.weight".into(), t(p.input.weight.val())),
-        ("projector.input.bias".into(), values(p.input.bias.clone().unwrap().val())),
-        ("projector.blocks.0.norm.weight".into(), values(p.blocks[0].norm.gamma.val())),
-        ("projector.blocks.0.norm.bias".into(), values(p.blocks[0].norm.beta.clone().unwrap().val())),
-        ("projector.blocks.0.w1.weight".into(), t(p.blocks[0].w1.weight.val())),
-        ("projector.blocks.0.w1.bias".into(), values(p.blocks[0].w1.bias.clone().unwrap().val())),
-        ("projector.blocks.0.w2.weight".into(), t(p.blocks[0].w2.weight.val())),
-        ("projector.blocks.0.w2.bias".into(), values(p.blocks[0].w2.bias.clone().unwrap().val())),
+        (
+            "projector.input.bias".into(),
+            values(p.input.bias.clone().unwrap().val()),
+        ),
+        (
+            "projector.blocks.0.norm.weight".into(),
+            values(p.blocks[0].norm.gamma.val()),
+        ),
+        (
+            "projector.blocks.0.norm.bias".into(),
+            values(p.blocks[0].norm.beta.clone().unwrap().val()),
+        ),
+        (
+            "projector.blocks.0.w1.weight".into(),
+            t(p.blocks[0].w1.weight.val()),
+        ),
+        (
+            "projector.blocks.0.w1.bias".into(),
+            values(p.blocks[0].w1.bias.clone().unwrap().val()),
+        ),
+        (
+            "projector.blocks.0.w2.weight".into(),
+            t(p.blocks[0].w2.weight.val()),
+        ),
+        (
+            "projector.blocks.0.w2.bias".into(),
+            values(p.blocks[0].w2.bias.clone().unwrap().val()),
+        ),
     ];
     for (i, layer) in after_l.layers.iter().enumerate() {
         for (name, lin) in layer_linears(layer) {
@@ -261,7 +382,10 @@ fn stage2_step(case: &str) {
         if e > worst {
             (worst, worst_key) = (e, k.clone());
         }
-        assert!(e <= 1e-5, "{case}: {k}: max abs error {e} after one AdamW step");
+        assert!(
+            e <= 1e-5,
+            "{case}: {k}: max abs error {e} after one AdamW step"
+        );
     }
     eprintln!(
         "stage-2 step parity ({case}): loss err {loss_err:.2e}, grad norm err {norm_err:.2e}, worst weight err {worst:.2e} ({worst_key})"
