@@ -272,3 +272,119 @@ fn kill_9_then_resume_reaches_the_same_weights() {
         "bitwise equal weights after kill -9 and resume"
     );
 }
+
+/// Every adapter weight of a run's stage-2 result, in layer order.
+fn adapter_values(run_dir: &Path) -> Vec<f32> {
+    use harness::model::checkpoint::Checkpoint;
+    use harness::model::lora::LoraConfig;
+    use harness::model::phi::{Phi, PhiConfig};
+    let dev = Default::default();
+    let lm_dir = repo_path("tests/fixtures/train/phi");
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        ..LoraConfig::default()
+    };
+    let lm: Phi<Compute> = Phi::load_with(
+        &Checkpoint::open(&lm_dir).unwrap(),
+        &PhiConfig::load(&lm_dir).unwrap(),
+        &dev,
+        &lora,
+    )
+    .unwrap();
+    let lm = harness::train::checkpoint::load_adapters(
+        lm,
+        &run_dir.join("checkpoints/stage2/final"),
+        &dev,
+    )
+    .unwrap();
+    let mut out = vec![];
+    for l in lm.adapters().layers {
+        for a in [l.q_proj, l.k_proj, l.v_proj, l.dense, l.fc1, l.fc2]
+            .into_iter()
+            .flatten()
+        {
+            out.extend(a.a.val().into_data().to_vec::<f32>().unwrap());
+            out.extend(a.b.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_in_stage_2_then_resume_reaches_the_same_adapters() {
+    let d = tempfile::tempdir().unwrap();
+    world(d.path());
+    let cache = d.path().join("cache");
+    let f = exp(d.path(), "s2", 20, "");
+    // A longer stage 2 with adapter dropout on: resumed draws must equal uninterrupted ones.
+    let text = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("max_steps = 6", "max_steps = 24")
+        .replace("checkpoint_every = 3", "checkpoint_every = 4")
+        .replace("lora_alpha = 16", "lora_alpha = 16\nlora_dropout = 0.1");
+    std::fs::write(&f, text).unwrap();
+
+    let r1 = d.path().join("r1");
+    let out = harness_train(d.path(), &r1, &cache)
+        .arg("run")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s1 = Store::new(&r1);
+    let reference = adapter_values(&s1.run_dir(&s1.resolve("s2").unwrap()));
+    assert!(reference.iter().any(|&v| v != 0.0));
+
+    let r2 = d.path().join("r2");
+    let mut child = harness_train(d.path(), &r2, &cache)
+        .arg("run")
+        .arg(&f)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let s2 = Store::new(&r2);
+    let stage2_ck = || {
+        s2.run_ids()
+            .ok()
+            .and_then(|i| i.first().cloned())
+            .is_some_and(|id| {
+                std::fs::read_dir(s2.run_dir(&id).join("checkpoints/stage2"))
+                    .map(|r| {
+                        r.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                    })
+                    .unwrap_or(false)
+            })
+    };
+    assert!(
+        wait_for(Duration::from_secs(180), stage2_ck),
+        "no stage-2 checkpoint written"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let id = s2.run_ids().unwrap()[0].clone();
+    assert!(
+        !s2.run_dir(&id).join("checkpoints/stage2/final").exists(),
+        "killed before the end of stage 2"
+    );
+    let out = harness_train(d.path(), &r2, &cache)
+        .args(["run", "--resume"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stage2: resuming at step"), "{err}");
+    assert_eq!(
+        adapter_values(&s2.run_dir(&id)),
+        reference,
+        "bitwise equal adapters after kill -9 in stage 2 and resume"
+    );
+}
