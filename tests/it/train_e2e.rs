@@ -217,22 +217,38 @@ fn kill_9_then_resume_reaches_the_same_weights() {
     let reference = projector_values(&s1.run_dir(&s1.resolve("ref").unwrap()));
 
     // Same experiment, killed mid-stage 1 after a checkpoint, then resumed.
-    let r2 = d.path().join("r2");
-    let mut child = harness_train(d.path(), &r2, &cache)
+    let run = kill_mid_stage_then_resume(d.path(), &d.path().join("r2"), &cache, &f, "stage1");
+    assert_eq!(
+        projector_values(&run),
+        reference,
+        "bitwise equal weights after kill -9 and resume"
+    );
+}
+
+/// Runs `f` into `results`, kills it with SIGKILL once `stage` has written a checkpoint (and
+/// before it finished), resumes it with `--resume`, and returns the run's folder.
+fn kill_mid_stage_then_resume(
+    dir: &Path,
+    results: &Path,
+    cache: &Path,
+    f: &Path,
+    stage: &str,
+) -> std::path::PathBuf {
+    let mut child = harness_train(dir, results, cache)
         .arg("run")
-        .arg(&f)
+        .arg(f)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let s2 = Store::new(&r2);
-    let ck_seen = || {
-        s2.run_ids()
+    let store = Store::new(results);
+    let checkpointed = || {
+        store
+            .run_ids()
             .ok()
             .and_then(|i| i.first().cloned())
             .is_some_and(|id| {
-                let ck = s2.run_dir(&id).join("checkpoints/stage1");
-                std::fs::read_dir(ck)
+                std::fs::read_dir(store.run_dir(&id).join("checkpoints").join(stage))
                     .map(|r| {
                         r.flatten()
                             .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
@@ -241,36 +257,23 @@ fn kill_9_then_resume_reaches_the_same_weights() {
             })
     };
     assert!(
-        wait_for(Duration::from_secs(120), ck_seen),
-        "no checkpoint written"
+        wait_for(Duration::from_secs(180), checkpointed),
+        "no {stage} checkpoint written"
     );
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
-    let id = s2.run_ids().unwrap()[0].clone();
-    assert!(
-        !s2.run_dir(&id).join("checkpoints/stage1/final").exists(),
-        "killed before the end of stage 1"
-    );
-    let out = harness_train(d.path(), &r2, &cache)
+    let run = store.run_dir(&store.run_ids().unwrap()[0]);
+    let final_dir = run.join("checkpoints").join(stage).join("final");
+    assert!(!final_dir.exists(), "killed before the end of {stage}");
+    let out = harness_train(dir, results, cache)
         .args(["run", "--resume"])
-        .arg(&f)
+        .arg(f)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("resuming at step"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let resumed = projector_values(&s2.run_dir(&id));
-    assert_eq!(
-        resumed, reference,
-        "bitwise equal weights after kill -9 and resume"
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("{stage}: resuming at step")), "{err}");
+    run
 }
 
 /// Every adapter weight of a run's stage-2 result, in layer order.
@@ -341,49 +344,9 @@ fn kill_9_in_stage_2_then_resume_reaches_the_same_adapters() {
     let reference = adapter_values(&s1.run_dir(&s1.resolve("s2").unwrap()));
     assert!(reference.iter().any(|&v| v != 0.0));
 
-    let r2 = d.path().join("r2");
-    let mut child = harness_train(d.path(), &r2, &cache)
-        .arg("run")
-        .arg(&f)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let s2 = Store::new(&r2);
-    let stage2_ck = || {
-        s2.run_ids()
-            .ok()
-            .and_then(|i| i.first().cloned())
-            .is_some_and(|id| {
-                std::fs::read_dir(s2.run_dir(&id).join("checkpoints/stage2"))
-                    .map(|r| {
-                        r.flatten()
-                            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
-                    })
-                    .unwrap_or(false)
-            })
-    };
-    assert!(
-        wait_for(Duration::from_secs(180), stage2_ck),
-        "no stage-2 checkpoint written"
-    );
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-    let id = s2.run_ids().unwrap()[0].clone();
-    assert!(
-        !s2.run_dir(&id).join("checkpoints/stage2/final").exists(),
-        "killed before the end of stage 2"
-    );
-    let out = harness_train(d.path(), &r2, &cache)
-        .args(["run", "--resume"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("stage2: resuming at step"), "{err}");
+    let run = kill_mid_stage_then_resume(d.path(), &d.path().join("r2"), &cache, &f, "stage2");
     assert_eq!(
-        adapter_values(&s2.run_dir(&id)),
+        adapter_values(&run),
         reference,
         "bitwise equal adapters after kill -9 in stage 2 and resume"
     );
