@@ -210,15 +210,7 @@ impl Chart {
                     }
                 }
                 if self.lines.iter().any(|l| l.label.is_some()) {
-                    chart
-                        .configure_series_labels()
-                        .legend_area_size(px(26.0))
-                        .label_font(font(14.0))
-                        .background_style(WHITE.mix(0.85))
-                        .border_style(RGBColor(180, 180, 180))
-                        .position(SeriesLabelPosition::UpperRight)
-                        .draw()
-                        .map_err(err)?;
+                    draw_legend(&mut chart, scale)?;
                 }
             }};
         }
@@ -301,19 +293,27 @@ impl Chart {
             }
         }
         if self.lines.iter().any(|l| l.label.is_some()) {
-            chart
-                .configure_series_labels()
-                .legend_area_size(px(26.0))
-                .label_font(font(14.0))
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(err)?;
+            draw_legend(&mut chart, scale)?;
         }
         root.present().map_err(err)?;
         Ok(())
     }
+}
+
+/// The legend box every chart uses (top right, translucent), sized by `scale`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    scale: f64,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .legend_area_size((26.0 * scale).round() as u32)
+        .label_font((FAMILY, 14.0 * scale).into_font())
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)
 }
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {

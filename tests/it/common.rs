@@ -53,3 +53,15 @@ pub fn wait_for(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
     }
     false
 }
+
+/// Runs a command to its end and fails the test with its stderr unless it succeeded.
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

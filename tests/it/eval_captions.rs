@@ -6,6 +6,7 @@ use harness::eval::captions::{score, score_raw};
 use serde_json::Value;
 
 use super::common::repo_path;
+use crate::common::succeed;
 
 fn strings(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
@@ -74,17 +75,12 @@ fn eval_captions_cli_scores_coco_files() {
             {"id": 13, "image_id": 3, "caption": "not predicted, ignored"}]}"#,
     )
     .unwrap();
-    let out = harness()
-        .args(["eval", "captions", "--json", "--pred"])
-        .arg(&pred)
-        .arg("--refs")
-        .arg(&refs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        harness()
+            .args(["eval", "captions", "--json", "--pred"])
+            .arg(&pred)
+            .arg("--refs")
+            .arg(&refs),
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = BTreeMap::from([

@@ -21,7 +21,7 @@ use harness::model::projector::{Projector, ProjectorConfig};
 use harness::model::tokenizer::Tokenizer;
 use harness::store::Store;
 
-use crate::common::{harness_train, repo_path, write};
+use crate::common::{harness_train, repo_path, succeed, write};
 
 const FIXTURE: &str = "tests/fixtures/export/tiny";
 const LM: &str = "tests/fixtures/train/phi";
@@ -282,12 +282,7 @@ gallery = 2
 }
 
 fn run_ok(mut c: std::process::Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(&mut c);
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -5,7 +5,7 @@ use harness::report::chart::{self, Chart, Line, LineKind};
 use harness::report::figures::{self, ChartOptions};
 use harness::report::series::{self, Smoothing};
 
-use crate::common::{experiment, harness, write};
+use crate::common::{experiment, harness, succeed, write};
 
 fn chart(title: &str, lines: Vec<Line>) -> Chart {
     Chart {
@@ -90,28 +90,14 @@ fn charts_render_in_a_process_without_fonts() {
         "e.toml",
         &experiment("nofonts", "[stage1]\nmax_steps = 30\n"),
     );
-    let run = harness(d.path(), &results)
-        .arg("run")
-        .arg(&exp)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let out = harness(d.path(), &results)
-        .env("FONTCONFIG_FILE", "/nonexistent/fonts.conf")
-        .env("FONTCONFIG_PATH", "/nonexistent")
-        .env("XDG_DATA_DIRS", "/nonexistent")
-        .env("HOME", d.path())
-        .args(["report", "nofonts"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(harness(d.path(), &results).arg("run").arg(&exp));
+    let out = succeed(
+        harness(d.path(), &results)
+            .env("FONTCONFIG_FILE", "/nonexistent/fonts.conf")
+            .env("FONTCONFIG_PATH", "/nonexistent")
+            .env("XDG_DATA_DIRS", "/nonexistent")
+            .env("HOME", d.path())
+            .args(["report", "nofonts"]),
     );
     let report = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     let png = report.parent().unwrap().join("charts/stage1-loss.png");

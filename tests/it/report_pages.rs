@@ -8,7 +8,7 @@ use harness::report::{self, compare, leaderboard, CompareOptions};
 use harness::store::{State, Store};
 use scraper::{Html, Selector};
 
-use crate::common::{experiment, harness, write};
+use crate::common::{experiment, harness, succeed, write};
 
 pub const HOSTILE: &str = "<script>alert('x')</script>";
 
@@ -20,17 +20,7 @@ pub fn two_runs(dir: &Path) -> (Store, String, String) {
     let steps = "[stage1]\nmax_steps = 40\n\n[stage2]\nmax_steps = 30\nlora_rank = ";
     let a = write(dir, "a.toml", &experiment("alpha", &format!("{steps}4\n")));
     let b = write(dir, "b.toml", &experiment("beta", &format!("{steps}16\n")));
-    let out = harness(dir, &results)
-        .arg("sweep")
-        .arg(&a)
-        .arg(&b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(harness(dir, &results).arg("sweep").arg(&a).arg(&b));
     let store = Store::new(&results);
     let id = |name: &str| {
         store

@@ -8,7 +8,7 @@ use harness::metrics::{self, MetricsWriter};
 use harness::provenance::code_state;
 use harness::store::{State, Store};
 
-use crate::common::{experiment, harness, wait_for, write};
+use crate::common::{experiment, harness, succeed, wait_for, write};
 
 #[test]
 fn concurrent_claims_in_threads_have_one_winner() {
@@ -262,17 +262,7 @@ fn sweep_reuses_shared_stage1_and_skips_completed_runs() {
     assert!(plan.contains("runs earlier in this sweep"), "{plan}");
     assert!(!results.exists(), "a dry run writes nothing");
 
-    let out = harness(d.path(), &results)
-        .arg("sweep")
-        .arg(&a)
-        .arg(&b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(harness(d.path(), &results).arg("sweep").arg(&a).arg(&b));
     let store = Store::new(&results);
     let ids = store.run_ids().unwrap();
     assert_eq!(ids.len(), 2);
@@ -491,15 +481,10 @@ fn kill_9_keeps_flushed_metrics_and_resume_completes() {
         .unwrap();
     assert!(!refuse.status.success());
     assert!(String::from_utf8_lossy(&refuse.stderr).contains("--resume"));
-    let resumed = harness(d.path(), &results)
-        .args(["run", "--resume"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
+    succeed(
+        harness(d.path(), &results)
+            .args(["run", "--resume"])
+            .arg(&f),
     );
     let status = store.read_status(&id).unwrap();
     assert_eq!(status.state, State::Completed);

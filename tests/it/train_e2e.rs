@@ -12,7 +12,7 @@ use harness::metrics;
 use harness::model::projector::{Projector, ProjectorConfig};
 use harness::store::{State, Store};
 
-use crate::common::{harness_train, repo_path, wait_for, write};
+use crate::common::{harness_train, repo_path, succeed, wait_for, write};
 
 fn world(dir: &Path) {
     let o = SynthOptions {
@@ -101,16 +101,7 @@ fn two_stages_train_on_the_synthetic_world() {
     world(d.path());
     let (results, cache) = (d.path().join("results"), d.path().join("cache"));
     let f = exp(d.path(), "e2e", 100, "");
-    let out = harness_train(d.path(), &results, &cache)
-        .arg("run")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(harness_train(d.path(), &results, &cache).arg("run").arg(&f));
     let store = Store::new(&results);
     let id = store.resolve("e2e").unwrap();
     assert_eq!(store.read_status(&id).unwrap().state, State::Completed);
@@ -203,16 +194,7 @@ fn kill_9_then_resume_reaches_the_same_weights() {
     // Reference: uninterrupted.
     let f = exp(d.path(), "ref", 60, "");
     let r1 = d.path().join("r1");
-    let out = harness_train(d.path(), &r1, &cache)
-        .arg("run")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(harness_train(d.path(), &r1, &cache).arg("run").arg(&f));
     let s1 = Store::new(&r1);
     let reference = projector_values(&s1.run_dir(&s1.resolve("ref").unwrap()));
 
@@ -330,16 +312,7 @@ fn kill_9_in_stage_2_then_resume_reaches_the_same_adapters() {
     std::fs::write(&f, text).unwrap();
 
     let r1 = d.path().join("r1");
-    let out = harness_train(d.path(), &r1, &cache)
-        .arg("run")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(harness_train(d.path(), &r1, &cache).arg("run").arg(&f));
     let s1 = Store::new(&r1);
     let reference = adapter_values(&s1.run_dir(&s1.resolve("s2").unwrap()));
     assert!(reference.iter().any(|&v| v != 0.0));
