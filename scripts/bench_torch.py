@@ -3,7 +3,7 @@
 a TOML file with the same keys), HF transformers' PhiForCausalLM frozen, the residual
 projector trained with AdamW and global-norm clipping, one fixed batch. Prints JSON.
 
-    python scripts/bench_torch.py [--config bench.toml] [--stage 1] [--threads N]
+    python scripts/bench_torch.py [--config bench.toml] [--stage 1] [--threads N] [--device cuda]
 """
 
 import argparse
@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--config")
     ap.add_argument("--stage", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     c = dict(DEFAULTS)
     if a.config:
@@ -45,6 +46,8 @@ def main():
     for p in lm.parameters():
         p.requires_grad_(False)
     proj = Projector(c["image_dim"], c["d_model"], c["projector_depth"])
+    dev = torch.device(a.device)
+    lm, proj = lm.to(dev), proj.to(dev)
     if a.stage == 2:
         # Plain LoRA with peft on a dense base (the harness's `nf4 = false`); bitsandbytes'
         # 4-bit layers are CUDA-first, so the NF4 base is compared on memory, not speed.
@@ -64,6 +67,8 @@ def main():
     ids = torch.tensor([[(r * 7919 + t * 104729) % c["vocab"] for t in range(n_img, n_img + n_txt)] for r in range(b)])
     labels = torch.cat([torch.full((b, n_img), -100), ids], dim=1)
     feats = torch.randn(b, n_img, c["image_dim"])
+    ids, labels, feats = ids.to(dev), labels.to(dev), feats.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
     for i in range(c["warmup"] + c["steps"]):
         t = time.perf_counter()
@@ -73,6 +78,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
+        sync()  # the step ends when its results exist
         if i >= c["warmup"]:
             times.append((time.perf_counter() - t) * 1e3)
     med = statistics.median(times)
@@ -80,7 +86,8 @@ def main():
         "impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(), "config": c,
         "timing": {"stage": f"stage{a.stage}", "median_ms": med, "mean_ms": statistics.mean(times),
                    "tokens_per_s": b * (n_img + n_txt) / (med / 1e3),
-                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   **({"peak_device_bytes": torch.cuda.max_memory_reserved()} if dev.type == "cuda" else {})},
     }))
 
 

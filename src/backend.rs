@@ -27,3 +27,48 @@ pub fn device(_ordinal: usize) -> burn::tensor::Device<Compute> {
 pub fn device(ordinal: usize) -> burn::tensor::Device<Compute> {
     burn::backend::cuda::CudaDevice::new(ordinal)
 }
+
+/// The dtype the frozen language model computes in: `auto` is bf16 on a GPU and f32 on the
+/// CPU. `None` means the backend's default float (f32), which keeps CPU runs bitwise as
+/// they were. Trainable weights (projector, LoRA) stay f32 masters either way.
+pub fn lm_dtype(d: crate::config::DType) -> Option<burn::tensor::DType> {
+    use crate::config::DType as C;
+    use burn::tensor::DType as T;
+    match d {
+        C::Auto if cfg!(feature = "cuda") => Some(T::BF16),
+        C::Auto | C::F32 => None,
+        C::Bf16 => Some(T::BF16),
+        C::F16 => Some(T::F16),
+    }
+}
+
+/// Device memory on a GPU: (bytes in use, bytes reserved by the allocator). `None` on the
+/// CPU, where the process's peak RSS is the measure.
+#[cfg(feature = "cuda")]
+pub fn device_memory(device: &burn::tensor::Device<Compute>) -> Option<(u64, u64)> {
+    use cubecl::Runtime;
+    let u = cubecl::cuda::CudaRuntime::client(device)
+        .memory_usage()
+        .ok()?;
+    Some((u.bytes_in_use, u.bytes_reserved))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn device_memory(_device: &burn::tensor::Device<Compute>) -> Option<(u64, u64)> {
+    None
+}
+
+/// Refuses an experiment whose `backend` this build cannot honour (the backend is chosen
+/// at compile time).
+pub fn check_choice(choice: crate::config::BackendChoice) -> anyhow::Result<()> {
+    use crate::config::BackendChoice as C;
+    match choice {
+        C::Cuda if !cfg!(feature = "cuda") => anyhow::bail!(
+            "backend = \"cuda\" needs a harness built with `--features cuda` (this build is {NAME})"
+        ),
+        C::Cpu if cfg!(feature = "cuda") => anyhow::bail!(
+            "backend = \"cpu\" but this harness was built with `--features cuda`; use the default build, or backend = \"auto\""
+        ),
+        _ => Ok(()),
+    }
+}

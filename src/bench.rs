@@ -109,6 +109,9 @@ pub struct StageTiming {
     pub mean_ms: f64,
     pub tokens_per_s: f64,
     pub peak_rss_bytes: f64,
+    /// GPU builds: bytes the device allocator has reserved (its high-water mark).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_bytes: Option<f64>,
 }
 
 fn batch<B: Backend>(c: &BenchConfig, device: &B::Device) -> LlavaBatch<B> {
@@ -161,8 +164,11 @@ pub fn stage1(c: &BenchConfig) -> StageTiming {
         projector = optim.step(1e-4, projector, g);
         // Wait for the device: the step ends when its results exist.
         let _ = projector.input.weight.val().into_data();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        // Per step on stderr: on a GPU the first steps include kernel compilation.
+        eprintln!("bench stage1 step {}: {ms:.1} ms", i + 1);
         if i >= c.warmup {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            times.push(ms);
         }
     }
     timing("stage1", c, times)
@@ -204,8 +210,11 @@ pub fn stage2(c: &BenchConfig) -> StageTiming {
         projector = op.step(2e-5, projector, gp);
         lm = ol.step(2e-4, lm, gl);
         let _ = projector.input.weight.val().into_data();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        // Per step on stderr: on a GPU the first steps include kernel compilation.
+        eprintln!("bench stage2 step {}: {ms:.1} ms", i + 1);
         if i >= c.warmup {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            times.push(ms);
         }
     }
     timing("stage2", c, times)
@@ -220,5 +229,7 @@ fn timing(stage: &str, c: &BenchConfig, mut times: Vec<f64>) -> StageTiming {
         mean_ms: times.iter().sum::<f64>() / times.len() as f64,
         tokens_per_s: (c.batch * (c.image_tokens + c.text_len)) as f64 / (median / 1e3),
         peak_rss_bytes: peak_rss_bytes(),
+        peak_device_bytes: crate::backend::device_memory(&crate::backend::device(0))
+            .map(|(_, reserved)| reserved as f64),
     }
 }

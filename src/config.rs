@@ -122,8 +122,14 @@ pub struct DataConfig {
     /// Use at most this many caption pairs / conversations (0 = all).
     pub stage1_limit: u64,
     pub stage2_limit: u64,
-    /// Conversations held out of stage-2 training for validation.
+    /// Conversations held out of stage-2 training for validation (and QA scoring).
     pub stage2_val: u64,
+    /// Optional Instruct-format file of validation conversations on `coco_root/val2017`
+    /// images (the synthetic world writes one). When set, stage 2 validates and scores QA on
+    /// its first `stage2_val` conversations, on images no stage trained on, and trains on
+    /// all of `instruct_json`; when empty, the last `stage2_val` of `instruct_json` are
+    /// held out (their images are COCO train images, seen by stage 1's captions).
+    pub instruct_val_json: String,
     /// Validation images (from val2017) for stage-1 validation loss and captioning.
     pub val_images: u64,
     /// Sequences longer than this (image tokens included) are truncated, and counted.
@@ -140,6 +146,7 @@ impl Default for DataConfig {
             stage1_limit: 0,
             stage2_limit: 0,
             stage2_val: 500,
+            instruct_val_json: String::new(),
             val_images: 500,
             max_len: 512,
             template: "phi".into(),
@@ -444,6 +451,16 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
     if exp.devices.is_empty() {
         bad("devices", "must list at least one device".into());
     }
+    if exp.devices.len() > 1 {
+        // Said plainly rather than silently training on the first device only.
+        bad(
+            "devices",
+            format!(
+                "data-parallel training over several GPUs is not implemented yet; list one device (got {:?})",
+                exp.devices
+            ),
+        );
+    }
     let m = &exp.model;
     if m.projector_depth < 0 {
         bad(
@@ -624,6 +641,9 @@ pub fn check_paths(exp: &Experiment, stages: &[u8]) -> Vec<String> {
     }
     if stages.contains(&2) {
         need("data.instruct_json", &exp.data.instruct_json);
+        if !exp.data.instruct_val_json.is_empty() {
+            need("data.instruct_val_json", &exp.data.instruct_val_json);
+        }
     }
     missing
 }
@@ -634,7 +654,15 @@ pub fn check_paths(exp: &Experiment, stages: &[u8]) -> Vec<String> {
 /// The resolved experiment as canonical JSON: keys sorted (serde_json's map is ordered),
 /// floats in their shortest round-trip form, defaults present.
 pub fn canonical(exp: &Experiment) -> Value {
-    serde_json::to_value(exp).expect("experiment serializes")
+    let mut v = serde_json::to_value(exp).expect("experiment serializes");
+    // A builtin backbone is its recipe: a changed recipe must not reuse stages of the old.
+    for key in ["vision", "lm"] {
+        let spec = &mut v["model"][key];
+        if let Some(k) = spec.as_str().and_then(crate::pretrain::builtin::spec_key) {
+            *spec = Value::String(format!("{}@{k}", spec.as_str().unwrap_or_default()));
+        }
+    }
+    v
 }
 
 /// sha256 of a JSON value's compact canonical text, as hex.
@@ -673,7 +701,8 @@ pub fn stage_keys(exp: &Experiment) -> StageKeys {
         "stage2": v["stage2"],
         "data": {
             "instruct_json": d["instruct_json"], "stage2_limit": d["stage2_limit"],
-            "stage2_val": d["stage2_val"], "max_len": d["max_len"], "template": d["template"],
+            "stage2_val": d["stage2_val"], "instruct_val_json": d["instruct_val_json"],
+            "max_len": d["max_len"], "template": d["template"],
             "coco_root": d["coco_root"],
         },
     });

@@ -67,7 +67,7 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
     let exp = config::load(&c.config)?.exp;
     let tok_path = match &c.tokenizer {
         Some(p) => p.clone(),
-        None => backbone_dir(&exp.model.lm)?.join("tokenizer.json"),
+        None => backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?.join("tokenizer.json"),
     };
     let tok = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
@@ -84,6 +84,8 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
         stage1_limit: d.stage1_limit as usize,
         stage2_limit: d.stage2_limit as usize,
         stage2_val: d.stage2_val as usize,
+        instruct_val_json: (!d.instruct_val_json.is_empty())
+            .then(|| d.instruct_val_json.clone().into()),
         max_len: d.max_len as usize,
         image_tokens,
         template: ChatTemplate::named(&d.template)?,
@@ -96,8 +98,9 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
 
 fn image_tokens(exp: &Experiment) -> anyhow::Result<usize> {
     let v = &exp.model.vision;
-    let cfg = crate::model::clip::ClipVisionConfig::load(&backbone_dir(v)?)
-        .with_context(|| format!("reading the vision config of {v}"))?;
+    let cfg =
+        crate::model::clip::ClipVisionConfig::load(&backbone_dir(v, exp.data.coco_root.as_ref())?)
+            .with_context(|| format!("reading the vision config of {v}"))?;
     Ok(cfg.num_patches() + usize::from(exp.model.feature_select == FeatureSelect::ClsPatch))
 }
 

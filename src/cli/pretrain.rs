@@ -1,17 +1,55 @@
-//! `harness pretrain clip`: trains the tiny CLIP of the CPU demo (see
-//! [`crate::pretrain::clip`]) and writes its vision tower as an HF folder.
+//! `harness pretrain clip|lm`: trains the tiny CLIP / Phi of the CPU demo (see
+//! [`crate::pretrain::clip`], [`crate::pretrain::lm`]) and writes each as an HF folder.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
 use crate::pretrain::clip::{pretrain_clip, ClipPretrainOptions};
+use crate::pretrain::lm::{pretrain_lm, LmPretrainOptions};
 
 #[derive(Subcommand, Debug)]
 pub enum PretrainCommand {
     /// A tiny CLIP trained contrastively on a synthetic world's image-caption pairs; writes
     /// config.json, model.safetensors, preprocessor_config.json and pretrain.json.
     Clip(ClipArgs),
+    /// A tiny Phi trained on a synthetic world's captions and conversations, the image's
+    /// captions in place of the image; writes config.json, model.safetensors,
+    /// tokenizer.json, generation_config.json and pretrain.json.
+    Lm(LmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LmArgs {
+    /// A synthetic world (`harness synth --out DIR`).
+    #[arg(long)]
+    pub world: PathBuf,
+    /// Output folder (HF PhiForCausalLM layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = LmPretrainOptions::default().d_model)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = LmPretrainOptions::default().layers)]
+    pub layers: usize,
+    #[arg(long, default_value_t = LmPretrainOptions::default().heads)]
+    pub heads: usize,
+    /// Tokenizer vocabulary size.
+    #[arg(long, default_value_t = LmPretrainOptions::default().vocab)]
+    pub vocab: usize,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = LmPretrainOptions::default().steps)]
+    pub steps: u64,
+    /// Documents per step.
+    #[arg(long, default_value_t = LmPretrainOptions::default().batch)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = LmPretrainOptions::default().lr)]
+    pub lr: f64,
+    /// Documents are cut to this many tokens.
+    #[arg(long, default_value_t = LmPretrainOptions::default().max_len)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +87,53 @@ pub struct ClipArgs {
 
 pub fn pretrain(c: PretrainCommand) -> anyhow::Result<()> {
     match c {
+        PretrainCommand::Lm(a) => {
+            let o = LmPretrainOptions {
+                world: a.world,
+                out: a.out,
+                d_model: a.d_model,
+                layers: a.layers,
+                heads: a.heads,
+                vocab: a.vocab,
+                steps: a.steps,
+                batch: a.batch,
+                lr: a.lr,
+                max_len: a.max_len,
+                seed: a.seed,
+                ..Default::default()
+            };
+            let r = pretrain_lm(&o)?;
+            println!(
+                "pretrained Phi (d {}, {} layers, vocab {}; {} train conversations, {} steps) in {:.1}s (training {:.1}s, {:.3}s/step): loss {:.3} -> {:.3}",
+                o.d_model,
+                o.layers,
+                r.config.vocab_size,
+                r.train_conversations,
+                o.steps,
+                r.total_seconds,
+                r.train_seconds,
+                r.train_seconds / o.steps as f64,
+                r.first_loss,
+                r.final_loss
+            );
+            match r.qa.as_ref().and_then(|a| a.overall().map(|x| (a, x))) {
+                Some((a, overall)) => {
+                    let per: Vec<String> = a
+                        .fractions()
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.3}"))
+                        .collect();
+                    println!(
+                        "text-context QA on {} val conversations: {overall:.3} ({})",
+                        r.val_conversations,
+                        per.join(", ")
+                    );
+                }
+                None => println!("text-context QA: skipped (no val conversations)"),
+            }
+            println!("wrote {}", o.out.display());
+            Ok(())
+        }
         PretrainCommand::Clip(a) => {
             let o = ClipPretrainOptions {
                 data: a.data,

@@ -45,6 +45,10 @@ fn go(results: &Path, files: &[PathBuf], dry_run: bool, resume: bool) -> anyhow:
     if dry_run {
         let p = plan::plan(&store, &exps, &code)?;
         print!("{}", plan::describe(&p));
+        print!(
+            "{}",
+            crate::pretrain::builtin::describe(exps.iter().map(|e| &e.exp))
+        );
         for e in &exps {
             let missing = crate::config::check_paths(&e.exp, &[1, 2]);
             if !missing.is_empty() {

@@ -26,8 +26,11 @@ pub struct DataSpec {
     /// At most this many samples per stage (0 = all), chosen by [`limit`].
     pub stage1_limit: usize,
     pub stage2_limit: usize,
-    /// Conversations held out of stage 2 for validation ([`instruct::holdout`]).
+    /// Conversations held out of stage 2 for validation ([`instruct::holdout`]), or taken
+    /// from `instruct_val_json` when set.
     pub stage2_val: usize,
+    /// Validation conversations on `coco_root/val2017` images (optional).
+    pub instruct_val_json: Option<PathBuf>,
     pub max_len: usize,
     pub image_tokens: usize,
     pub template: ChatTemplate,
@@ -137,7 +140,19 @@ pub fn stage2_samples(
         let bad = undecodable(set.samples.iter().filter_map(|c| c.image.clone()));
         drop_undecodable_conversations(&mut set.samples, &mut set.skips, &bad);
     }
-    let (train, val) = instruct::holdout(set.samples, spec.stage2_val);
+    let (train, val) = match &spec.instruct_val_json {
+        None => instruct::holdout(set.samples, spec.stage2_val),
+        Some(path) => {
+            let root = ImageRoot::new(&spec.coco_root.join("val2017"))?;
+            let mut v = instruct::load_instruct(path, &root)?;
+            if decode {
+                let bad = undecodable(v.samples.iter().filter_map(|c| c.image.clone()));
+                drop_undecodable_conversations(&mut v.samples, &mut v.skips, &bad);
+            }
+            v.samples.truncate(spec.stage2_val);
+            (set.samples, v.samples)
+        }
+    };
     Ok((limit(train, spec.stage2_limit, spec.seed), val, set.skips))
 }
 

@@ -69,8 +69,9 @@ pub fn export_run(
         _ => anyhow::bail!("run {run_id} has no completed stage to export"),
     };
     let device = Default::default();
-    let vision_dir = crate::train::data::backbone_dir(&exp.model.vision)?;
-    let lm_dir = crate::train::data::backbone_dir(&exp.model.lm)?;
+    let vision_dir =
+        crate::train::data::backbone_dir(&exp.model.vision, exp.data.coco_root.as_ref())?;
+    let lm_dir = crate::train::data::backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?;
     let vcfg = ClipVisionConfig::load(&vision_dir)?;
     let lcfg = PhiConfig::load(&lm_dir)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -19,7 +19,6 @@ use crate::config::Experiment;
 use crate::data::cache::FeatureExtractor;
 use crate::data::clip_features::ClipExtractor;
 use crate::data::sequence::{ChatTemplate, TextCodec};
-use crate::model::checkpoint::Checkpoint;
 use crate::model::lora::LoraConfig;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::preprocess::{load_image, preprocess, PreprocessConfig};
@@ -104,8 +103,9 @@ impl Session {
             _ => bail!("run {run_id} has no completed stage to load (see `harness show {run_id}`)"),
         };
         let device = crate::backend::device(exp.devices.first().copied().unwrap_or(0));
-        let vision_dir = crate::train::data::backbone_dir(&exp.model.vision)?;
-        let lm_dir = crate::train::data::backbone_dir(&exp.model.lm)?;
+        let vision_dir =
+            crate::train::data::backbone_dir(&exp.model.vision, exp.data.coco_root.as_ref())?;
+        let lm_dir = crate::train::data::backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?;
 
         let (select, pre) = crate::train::data::vision_setup(&exp, &vision_dir)?;
         let clip = ClipExtractor::<Compute>::from_dir(&vision_dir, select, &device)
@@ -118,7 +118,7 @@ impl Session {
         } else {
             LoraConfig::frozen()
         };
-        let ckpt = Checkpoint::open(&lm_dir)?;
+        let ckpt = crate::train::lm_checkpoint(&exp, &lm_dir)?;
         let mut lm = Phi::<Compute>::load_with(&ckpt, &lm_config, &device, &lora)
             .with_context(|| format!("loading the language model from {}", lm_dir.display()))?;
         drop(ckpt);

@@ -7,11 +7,12 @@
 //! only while training (burn's `Dropout` is the identity on a backend without autodiff, i.e.
 //! after `valid()`).
 //!
-//! The base is never a `Param`: an f32 weight is a constant tensor field (burn does not visit
-//! it, so no gradient is kept for it and the optimizer never sees it), and an NF4 weight is
-//! kept packed on the host ([`Nf4Tensor`], ~0.52 byte per weight with double quantization)
-//! and dequantized for each forward, and again in the backward pass ([`QLoraBackend`]), so
-//! the dequantized copy lives only while one layer computes. Only A and B are parameters.
+//! An f32 base is a `Param` so that a Phi trained from scratch (`harness pretrain lm`)
+//! trains it; the stages freeze it with `no_grad` ([`crate::model::phi::Phi::freeze_base`]),
+//! after which no gradient is kept for it and the optimizer never updates it. An NF4 weight
+//! is never a parameter: it is kept packed on the host ([`Nf4Tensor`], ~0.52 byte per weight
+//! with double quantization) and dequantized for each forward, and again in the backward
+//! pass ([`QLoraBackend`]), so the dequantized copy lives only while one layer computes.
 //!
 //! Layouts: adapter weights use burn's `[in, out]` convention (`a`: `[in, r]`, `b`:
 //! `[r, out]`), the transposes of peft's `lora_A.weight` `[r, in]` and `lora_B.weight`
@@ -107,18 +108,19 @@ impl LoraConfig {
     }
 }
 
-/// A frozen linear layer `y = x W^T + b`: either an f32 weight (a constant tensor, burn
-/// `[in, out]` layout) or NF4 codes of PyTorch's `[out, in]` weight kept on the host.
+/// The base linear layer `y = x W^T + b`: either an f32 weight (a parameter, burn
+/// `[in, out]` layout; frozen by `no_grad`) or NF4 codes of PyTorch's `[out, in]` weight
+/// kept on the host (always frozen).
 #[derive(Module, Debug)]
 pub struct FrozenLinear<B: Backend> {
     /// `[in, out]`; `None` when the weight is NF4-packed.
-    weight: Option<Tensor<B, 2>>,
+    weight: Option<Param<Tensor<B, 2>>>,
     /// `[out, in]` packed; dequantized on the fly. Shared, so cloning a model (e.g. burn's
     /// `valid()`) does not copy it.
     #[module(skip)]
     nf4: Option<Arc<Nf4Tensor>>,
     /// `[out]`, kept in full precision (as bitsandbytes does).
-    bias: Option<Tensor<B, 1>>,
+    bias: Option<Param<Tensor<B, 1>>>,
     d_in: usize,
     d_out: usize,
 }
@@ -133,6 +135,20 @@ impl<B: Backend> FrozenLinear<B> {
         quant: Option<&Nf4Config>,
         device: &B::Device,
     ) -> Self {
+        Self::from_torch_as(weight, bias, d_in, d_out, quant, None, device)
+    }
+
+    /// [`Self::from_torch`] with the dense tensors cast to `dtype` before they become
+    /// parameters (a cast after would make them non-leaf nodes under autodiff).
+    fn from_torch_as(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        d_in: usize,
+        d_out: usize,
+        quant: Option<&Nf4Config>,
+        dtype: Option<DType>,
+        device: &B::Device,
+    ) -> Self {
         assert_eq!(
             weight.len(),
             d_in * d_out,
@@ -140,7 +156,8 @@ impl<B: Backend> FrozenLinear<B> {
         );
         let bias = bias.map(|b| {
             assert_eq!(b.len(), d_out, "bias is not [{d_out}]");
-            Tensor::from_data(TensorData::new(b.to_vec(), [d_out]), device)
+            let b = Tensor::<B, 1>::from_data(TensorData::new(b.to_vec(), [d_out]), device);
+            Param::from_tensor(cast_to(b, dtype))
         });
         let (weight, nf4) = match quant {
             Some(cfg) => (
@@ -156,7 +173,7 @@ impl<B: Backend> FrozenLinear<B> {
                     }
                 }
                 let w = Tensor::<B, 2>::from_data(TensorData::new(t, [d_in, d_out]), device);
-                (Some(w), None)
+                (Some(Param::from_tensor(cast_to(w, dtype))), None)
             }
         };
         Self {
@@ -168,14 +185,14 @@ impl<B: Backend> FrozenLinear<B> {
         }
     }
 
-    /// From a burn `Linear` (weight `[in, out]`); its parameters become constants.
+    /// From a burn `Linear` (weight `[in, out]`): its parameters are kept (ids included),
+    /// or the weight is NF4-packed.
     pub fn from_linear(lin: Linear<B>, quant: Option<&Nf4Config>) -> Self {
         let [d_in, d_out] = lin.weight.dims();
-        let bias = lin.bias.map(|b| b.val().detach());
-        let w = lin.weight.val().detach();
+        let bias = lin.bias;
         match quant {
             None => Self {
-                weight: Some(w),
+                weight: Some(lin.weight),
                 nf4: None,
                 bias,
                 d_in,
@@ -183,6 +200,7 @@ impl<B: Backend> FrozenLinear<B> {
             },
             Some(cfg) => {
                 // Quantize in PyTorch's [out, in] order so blocks match bitsandbytes.
+                let w = lin.weight.val().detach();
                 let torch = w.transpose().into_data().convert::<f32>();
                 let values = torch.to_vec::<f32>().expect("f32 weight");
                 Self {
@@ -213,14 +231,17 @@ impl<B: Backend> FrozenLinear<B> {
         } else {
             None
         };
-        let mut out = Self::from_torch(&w, b.as_deref(), d_in, d_out, quant, device);
         // The checkpoint's compute dtype (e.g. bf16 on a GPU) applies to what stays dense;
         // NF4 dequantizes into the input's dtype.
-        if let Some(dt) = ckpt.dtype {
-            out.weight = out.weight.map(|w| w.cast(dt));
-            out.bias = out.bias.map(|b| b.cast(dt));
-        }
-        Ok(out)
+        Ok(Self::from_torch_as(
+            &w,
+            b.as_deref(),
+            d_in,
+            d_out,
+            quant,
+            ckpt.dtype,
+            device,
+        ))
     }
 
     pub fn d_in(&self) -> usize {
@@ -239,10 +260,15 @@ impl<B: Backend> FrozenLinear<B> {
     /// The weight as a `[in, out]` tensor on `device` in `dtype` (dequantized if NF4).
     pub fn weight(&self, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
         match (&self.weight, &self.nf4) {
-            (Some(w), _) => w.clone(),
+            (Some(w), _) => w.val(),
             (None, Some(q)) => dequantized::<B>(q, device, dtype).transpose(),
             (None, None) => unreachable!("a frozen linear has a weight"),
         }
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<Tensor<B, 1>> {
+        self.bias.as_ref().map(|b| b.val())
     }
 
     /// Bytes held by the base weight and bias on the host or device (f32 counted as 4).
@@ -260,10 +286,10 @@ impl<B: QLoraBackend> FrozenLinear<B> {
         // Constants follow the input's dtype (a no-op when they already match, e.g. loaded
         // with the checkpoint's compute dtype).
         let dtype = x.dtype();
-        let bias = self.bias.clone().map(|b| b.cast(dtype));
+        let bias = self.bias.as_ref().map(|b| b.val().cast(dtype));
         let Some(q) = &self.nf4 else {
-            let w = self.weight.clone().expect("a frozen linear has a weight");
-            return linear(x, w.cast(dtype), bias);
+            let w = self.weight.as_ref().expect("a frozen linear has a weight");
+            return linear(x, w.val().cast(dtype), bias);
         };
         // [.., in] -> [n, in] -> packed matmul -> [.., out]
         let dims = x.dims();
@@ -293,6 +319,13 @@ pub trait QLoraBackend: Backend {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
         let wt = dequantized::<Self>(&w, &x.device(), x.dtype()).transpose();
         x.matmul(wt).into_primitive().tensor()
+    }
+}
+
+fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Option<DType>) -> Tensor<B, D> {
+    match dtype {
+        Some(dt) => t.cast(dt),
+        None => t,
     }
 }
 

@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use burn::module::{Initializer, Param};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Bool;
@@ -109,6 +110,43 @@ impl PhiConfig {
         })
     }
 
+    /// HF `PhiForCausalLM` `config.json` (the fields transformers writes; rope settings
+    /// both at the top level, as microsoft/phi-2 has them, and in `rope_parameters`, as
+    /// current transformers reads them).
+    pub fn to_hf_json(&self) -> Value {
+        serde_json::json!({
+            "architectures": ["PhiForCausalLM"],
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "dtype": "float32",
+            "embd_pdrop": 0.0,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": self.hidden_act.hf_name(),
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "model_type": "phi",
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "pad_token_id": self.pad_token_id,
+            "partial_rotary_factor": self.partial_rotary_factor,
+            "qk_layernorm": false,
+            "resid_pdrop": 0.0,
+            "rope_parameters": {
+                "partial_rotary_factor": self.partial_rotary_factor,
+                "rope_theta": self.rope_theta,
+                "rope_type": "default"
+            },
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        })
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -118,14 +156,30 @@ impl PhiConfig {
         (self.head_dim() as f64 * self.partial_rotary_factor) as usize
     }
 
-    /// A randomly initialised model (tests, demos); real runs use [`Phi::load`]. The layer
-    /// linears are frozen; `lora` adds adapters and NF4 bases as in stage 2.
+    /// A randomly initialised model (tests, demos); real runs use [`Phi::load`]. Every
+    /// parameter is trainable until frozen ([`Phi::freeze_base`], `no_grad`); `lora` adds
+    /// adapters and NF4 bases as in stage 2.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Phi<B> {
         self.init_with(device, &LoraConfig::frozen())
     }
 
     /// [`PhiConfig::init`] with LoRA adapters (and an NF4 base when `lora.quant` is set).
     pub fn init_with<B: Backend>(&self, device: &B::Device, lora: &LoraConfig) -> Phi<B> {
+        self.build(device, lora, None)
+    }
+
+    /// HF's initialisation for training from scratch (`PhiPreTrainedModel._init_weights`):
+    /// linear and embedding weights N(0, `std`), biases 0, LayerNorms 1 and 0.
+    pub fn init_hf<B: Backend>(&self, device: &B::Device, std: f64) -> Phi<B> {
+        self.build(device, &LoraConfig::frozen(), Some(std))
+    }
+
+    fn build<B: Backend>(
+        &self,
+        device: &B::Device,
+        lora: &LoraConfig,
+        hf_std: Option<f64>,
+    ) -> Phi<B> {
         let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim());
         let kv = self.num_key_value_heads * hd;
         let ln = || {
@@ -133,11 +187,24 @@ impl PhiConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let lin = |i, o, path: String| {
-            LoraLinear::from_linear(LinearConfig::new(i, o).init(device), &path, lora)
+        let linear = |i, o| match hf_std {
+            None => LinearConfig::new(i, o).init(device),
+            Some(std) => {
+                let mut l = LinearConfig::new(i, o)
+                    .with_initializer(Initializer::Normal { mean: 0.0, std })
+                    .init(device);
+                l.bias = Some(Param::from_tensor(Tensor::zeros([o], device)));
+                l
+            }
+        };
+        let lin = |i, o, path: String| LoraLinear::from_linear(linear(i, o), &path, lora);
+        let embed = match hf_std {
+            None => EmbeddingConfig::new(self.vocab_size, d),
+            Some(std) => EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std }),
         };
         Phi {
-            embed_tokens: EmbeddingConfig::new(self.vocab_size, d).init(device),
+            embed_tokens: embed.init(device),
             layers: (0..self.num_hidden_layers)
                 .map(|i| {
                     let p = format!("model.layers.{i}");
@@ -156,7 +223,7 @@ impl PhiConfig {
                 })
                 .collect(),
             final_layernorm: ln(),
-            lm_head: LinearConfig::new(d, self.vocab_size).init(device),
+            lm_head: linear(d, self.vocab_size),
             rotary_dim: self.rotary_dim(),
             rope_theta: self.rope_theta,
         }
@@ -386,7 +453,7 @@ impl<B: Backend> Phi<B> {
         }
         let lm_head = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
             let mut head = ckpt.linear("model.embed_tokens", d, v, false, device)?;
-            head.bias = Some(burn::module::Param::from_tensor(ckpt.tensor(
+            head.bias = Some(Param::from_tensor(ckpt.tensor(
                 "lm_head.bias",
                 [v],
                 device,
@@ -403,6 +470,91 @@ impl<B: Backend> Phi<B> {
             rotary_dim: cfg.rotary_dim(),
             rope_theta: cfg.rope_theta,
         })
+    }
+
+    /// The model's tensors under the HF names [`Self::load_with`] reads, PyTorch layout
+    /// (Linear `[out, in]`), f32; NF4 bases dequantized, LoRA adapters left out (not
+    /// merged). The inverse of `load`, beside it so the key names live in one place.
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        type Out = Vec<(String, Vec<usize>, Vec<f32>)>;
+        fn put<B: Backend, const D: usize>(out: &mut Out, name: String, t: Tensor<B, D>) {
+            let shape = t.dims().to_vec();
+            let v = t
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 values");
+            out.push((name, shape, v));
+        }
+        fn norm<B: Backend>(out: &mut Out, pre: String, n: &LayerNorm<B>) {
+            put(out, format!("{pre}.weight"), n.gamma.val());
+            if let Some(b) = &n.beta {
+                put(out, format!("{pre}.bias"), b.val());
+            }
+        }
+        // burn's [in, out] transposed back to PyTorch's [out, in].
+        fn base<B: Backend>(out: &mut Out, pre: String, l: &LoraLinear<B>, dev: &B::Device) {
+            let w = l.base.weight(dev, burn::tensor::DType::F32);
+            put(out, format!("{pre}.weight"), w.transpose());
+            if let Some(b) = l.base.bias() {
+                put(out, format!("{pre}.bias"), b);
+            }
+        }
+        let dev = self.embed_tokens.weight.device();
+        let mut out = Out::new();
+        let o = &mut out;
+        put(
+            o,
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.weight.val(),
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            base(o, format!("{p}.self_attn.q_proj"), &l.q_proj, &dev);
+            base(o, format!("{p}.self_attn.k_proj"), &l.k_proj, &dev);
+            base(o, format!("{p}.self_attn.v_proj"), &l.v_proj, &dev);
+            base(o, format!("{p}.self_attn.dense"), &l.dense, &dev);
+            base(o, format!("{p}.mlp.fc1"), &l.fc1, &dev);
+            base(o, format!("{p}.mlp.fc2"), &l.fc2, &dev);
+            norm(o, format!("{p}.input_layernorm"), &l.input_layernorm);
+        }
+        norm(o, "model.final_layernorm".into(), &self.final_layernorm);
+        put(
+            o,
+            "lm_head.weight".into(),
+            self.lm_head.weight.val().transpose(),
+        );
+        if let Some(b) = &self.lm_head.bias {
+            put(o, "lm_head.bias".into(), b.val());
+        }
+        out
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (f32) in the HF
+    /// `PhiForCausalLM` layout, loadable by [`Self::from_dir`] and by transformers.
+    pub fn save_hf(&self, cfg: &PhiConfig, dir: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.layers.iter().all(
+                |l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.dense, &l.fc1, &l.fc2]
+                    .iter()
+                    .all(|x| x.lora.is_none())
+            ),
+            "saving a Phi with LoRA adapters would drop them (merge or export them instead)"
+        );
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tensors = self.hf_tensors();
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+            .collect();
+        let tmp = dir.join("model.safetensors.tmp");
+        super::checkpoint::write_f32_safetensors(&tmp, &refs)?;
+        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+        crate::fsutil::write_atomic(
+            &dir.join("config.json"),
+            &serde_json::to_vec_pretty(&cfg.to_hf_json())?,
+        )?;
+        Ok(())
     }
 
     /// Freezes every parameter except the LoRA adapters' (stage 2 trains only those).

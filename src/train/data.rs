@@ -29,18 +29,11 @@ pub fn cache_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cache"))
 }
 
-/// A checkpoint folder named in the config: a path, or `builtin:NAME`.
-pub fn backbone_dir(spec: &str) -> Result<PathBuf> {
+/// A checkpoint folder named in the config: a path, or `builtin:NAME`, trained on the
+/// synthetic world `world` the first time it is needed ([`crate::pretrain::builtin`]).
+pub fn backbone_dir(spec: &str, world: &Path) -> Result<PathBuf> {
     match spec.strip_prefix("builtin:") {
-        Some(name) => {
-            let dir = cache_root().join("backbones").join(name);
-            anyhow::ensure!(
-                dir.join("config.json").exists(),
-                "builtin backbone {name:?} is not built: expected it in {} (built by `harness pretrain`)",
-                dir.display()
-            );
-            Ok(dir)
-        }
+        Some(name) => crate::pretrain::builtin::ensure(name, world),
         None => Ok(PathBuf::from(spec)),
     }
 }
@@ -71,6 +64,8 @@ pub fn spec(exp: &Experiment, tok: &Tokenizer, image_tokens: usize) -> Result<Da
         stage1_limit: exp.data.stage1_limit as usize,
         stage2_limit: exp.data.stage2_limit as usize,
         stage2_val: exp.data.stage2_val as usize,
+        instruct_val_json: (!exp.data.instruct_val_json.is_empty())
+            .then(|| exp.data.instruct_val_json.clone().into()),
         max_len: exp.data.max_len as usize,
         image_tokens,
         template: ChatTemplate::named(&exp.data.template)?,

@@ -14,7 +14,10 @@ pub fn masked_lm_loss<B: Backend>(
     labels: Tensor<B, 2, Int>,
 ) -> (Tensor<B, 1>, usize) {
     let [b, l, v] = logits.dims();
-    let logits = logits.slice([0..b, 0..l - 1, 0..v]);
+    // In f32 whatever the compute dtype, as HF upcasts logits before the loss.
+    let logits = logits
+        .cast(burn::tensor::DType::F32)
+        .slice([0..b, 0..l - 1, 0..v]);
     let labels = labels.slice([0..b, 1..l]);
     let keep = labels.clone().not_equal_elem(IGNORE);
     let count = keep.clone().int().sum().into_scalar().elem::<i64>() as usize;

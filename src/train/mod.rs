@@ -65,7 +65,10 @@ pub fn forward<B: QLoraBackend>(
     batch: &LlavaBatch<B>,
 ) -> Tensor<B, 3> {
     let embeds = lm.embed(batch.input_ids.clone());
-    let images = projector.forward(batch.image_features.clone());
+    // The projector keeps f32 weights; its output joins the LM's compute dtype (bf16 on GPU).
+    let images = projector
+        .forward(batch.image_features.clone())
+        .cast(embeds.dtype());
     let embeds = splice(embeds, images, &batch.image_start);
     let keep = batch.attention_mask.clone().equal_elem(1);
     lm.forward_embeds(embeds, Some(keep), None)
@@ -112,6 +115,15 @@ pub fn splice<B: Backend>(
         }
     }
     Tensor::cat((0..b).map(|r| row(r, starts[r])).collect(), 0)
+}
+
+/// The LM's checkpoint, read into the experiment's compute dtype (`auto`: bf16 on a GPU).
+pub fn lm_checkpoint(exp: &Experiment, lm_dir: &std::path::Path) -> Result<Checkpoint> {
+    let ckpt = Checkpoint::open(lm_dir)?;
+    Ok(match crate::backend::lm_dtype(exp.model.dtype) {
+        Some(d) => ckpt.with_dtype(d),
+        None => ckpt,
+    })
 }
 
 /// Optimizer steps in a stage: `max_steps`, else `epochs` passes of `grad_accum` micro-batches.
@@ -173,9 +185,10 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     let exp = ctx.exp;
     let opt = ctx.opt().clone();
     let stage = ctx.name();
+    crate::backend::check_choice(exp.backend)?;
     let device = crate::backend::device(exp.devices[0]);
-    let vision_dir = data::backbone_dir(&exp.model.vision)?;
-    let lm_dir = data::backbone_dir(&exp.model.lm)?;
+    let vision_dir = data::backbone_dir(&exp.model.vision, exp.data.coco_root.as_ref())?;
+    let lm_dir = data::backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?;
     let tok = Tokenizer::from_dir(&lm_dir)
         .with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
 
@@ -204,7 +217,7 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         LoraConfig::frozen()
     };
     let lm_cfg = PhiConfig::load(&lm_dir)?;
-    let ckpt = Checkpoint::open(&lm_dir)?;
+    let ckpt = lm_checkpoint(exp, &lm_dir)?;
     <Train as Backend>::seed(&device, exp.seed);
     let lm = Phi::<Train>::load_with(&ckpt, &lm_cfg, &device, &lora)?.freeze_base();
     drop(ckpt);
@@ -267,6 +280,7 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     let mut order: Vec<Vec<usize>> = vec![];
     let bar = progress(&stage, total, state.step);
     let accum = opt.grad_accum as usize;
+    let mut peak_device = 0f64;
     while state.step < total {
         let t0 = Instant::now();
         // Dropout and any other randomness depend on (seed, step) only, so a resumed run
@@ -345,7 +359,24 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         m.log(&stage, "train", s, e, "tokens_per_s", tokens as f64 / dt)?;
         m.log(&stage, "train", s, e, "samples_per_s", samples as f64 / dt)?;
         m.log(&stage, "train", s, e, "step_time_s", dt)?;
-        m.log(&stage, "train", s, e, "peak_mem_bytes", peak_rss_bytes())?;
+        // Peak memory: the GPU allocator's reserved bytes on a GPU, else the process RSS.
+        let rss = peak_rss_bytes();
+        match crate::backend::device_memory(&device) {
+            Some((in_use, reserved)) => {
+                peak_device = peak_device.max(reserved as f64);
+                m.log(&stage, "train", s, e, "peak_mem_bytes", peak_device)?;
+                m.log(
+                    &stage,
+                    "train",
+                    s,
+                    e,
+                    "device_mem_in_use_bytes",
+                    in_use as f64,
+                )?;
+                m.log(&stage, "train", s, e, "peak_rss_bytes", rss)?;
+            }
+            None => m.log(&stage, "train", s, e, "peak_mem_bytes", rss)?,
+        }
         bar.set_position(s);
         bar.set_message(format!("loss {loss:.4}"));
 

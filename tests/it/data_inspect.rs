@@ -14,6 +14,7 @@ fn spec(pad_id: u32) -> DataSpec {
         stage1_limit: 0,
         stage2_limit: 0,
         stage2_val: 1,
+        instruct_val_json: None,
         max_len: 40,
         image_tokens: 4,
         template: ChatTemplate::default(),

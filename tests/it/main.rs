@@ -1,6 +1,7 @@
 //! One integration-test binary (one link of burn + polars instead of one per file).
 //! Each area adds its module here.
 
+mod builtin;
 mod common;
 mod config_hash;
 mod data_batch;
@@ -18,6 +19,7 @@ mod model_errors;
 mod model_parity;
 mod model_vlm;
 mod pretrain;
+mod pretrain_lm;
 mod qlora;
 mod report_charts;
 mod report_cost;

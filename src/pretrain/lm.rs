@@ -1,0 +1,653 @@
+//! `harness pretrain lm`: a tiny Phi trained from scratch on a synthetic world's text, saved
+//! as an HF `PhiForCausalLM` folder that the stages load like microsoft/phi-2.
+//!
+//! The LM must learn to read a scene description in its context: in stages 1/2 the image's
+//! projected features sit at the `<image>` slot and the frozen LM answers from them. So
+//! every document puts the image's captions where the image goes (`ctx`: its 5 captions,
+//! shuffled, joined by a space). A document is drawn from a training conversation and the
+//! captions of its image:
+//! - p 0.25: `{ctx}\n{one caption}<|endoftext|>`;
+//! - p 0.10: `{one caption}<|endoftext|>`;
+//! - else the conversation through the `phi` chat template with `ctx` at the image slot:
+//!   `USER: {ctx}\n{Q1} ASSISTANT: {A1}<|endoftext|>USER: {Q2} ASSISTANT: {A2}<|endoftext|>`.
+//!
+//! Documents are tokenized in the pieces [`crate::data::sequence::SequenceBuilder`] uses
+//! (text before the image slot, the slot, the question, each answer), so the tokens around
+//! `ctx` are exactly those around the image in stage 2 (reference recipe: exp_tmp/pre.py,
+//! text-context QA 0.71 at d 128 / 4 layers / 3000 steps). Every token is learned.
+//!
+//! Tokenizer: byte-level BPE trained on the training captions and conversations,
+//! `<|endoftext|>` special with id 0 (bos = eos = pad). Model: [`PhiConfig::init_hf`].
+//! Loop: AdamW, linear warmup then cosine to 0, global-norm clipping, right padding with
+//! an attention mask, [`masked_lm_loss`]. Evaluation: the first question of every val
+//! conversation with its image's captions (file order) as `ctx`, greedy, 5 new tokens,
+//! [`qa_exact_match`] per question type.
+//!
+//! Written to a temporary sibling folder, renamed onto `out` at the end: `config.json`,
+//! `model.safetensors`, `tokenizer.json`, `generation_config.json`, `pretrain.json`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::backend::{Compute, Train};
+use crate::config::Schedule;
+use crate::data::coco::load_captions;
+use crate::data::images::ImageRoot;
+use crate::data::instruct::{load_instruct, Conversation};
+use crate::data::rng::Rng;
+use crate::data::sequence::{ChatTemplate, TextCodec, IGNORE};
+use crate::eval::generate::{generate, Decoding, GenerateOptions};
+use crate::eval::infer::{decode, PromptLayout};
+use crate::eval::qa::{qa_exact_match, QaAccuracy};
+use crate::model::phi::{Phi, PhiConfig};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::Activation;
+use crate::train::grads;
+use crate::train::loss::masked_lm_loss;
+use crate::train::schedule::LrSchedule;
+
+/// The end of every document; a special token with id 0.
+pub const EOS: &str = "<|endoftext|>";
+
+/// Everything `harness pretrain lm` can set; `Default` is the CPU demo setting.
+#[derive(Clone, Debug, Serialize)]
+pub struct LmPretrainOptions {
+    /// A synthetic world (`annotations/captions_*2017.json`, `llava_instruct_150k.json`,
+    /// `llava_instruct_val.json`, image folders).
+    pub world: PathBuf,
+    pub out: PathBuf,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Tokenizer vocabulary (special token + 256 bytes + merges).
+    pub vocab: usize,
+    pub partial_rotary: f64,
+    pub rope_theta: f64,
+    pub max_position: usize,
+    pub layer_norm_eps: f64,
+    /// Std of HF's normal initialisation.
+    pub init_std: f64,
+    pub steps: u64,
+    pub batch: usize,
+    pub lr: f64,
+    /// Fraction of `steps` spent warming up.
+    pub warmup: f64,
+    pub weight_decay: f64,
+    pub clip_grad_norm: f64,
+    /// Documents are truncated to this many tokens.
+    pub max_len: usize,
+    /// Probabilities of the `{ctx}\n{caption}` and the bare caption documents.
+    pub p_ctx_caption: f64,
+    pub p_caption: f64,
+    pub eval_max_new_tokens: usize,
+    pub seed: u64,
+    /// Show the progress bar (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for LmPretrainOptions {
+    fn default() -> Self {
+        Self {
+            world: PathBuf::new(),
+            out: PathBuf::new(),
+            d_model: 128,
+            layers: 4,
+            heads: 4,
+            vocab: 512,
+            partial_rotary: 0.5,
+            rope_theta: 10000.0,
+            max_position: 256,
+            layer_norm_eps: 1e-5,
+            init_std: 0.02,
+            steps: 1500,
+            batch: 32,
+            lr: 3e-3,
+            warmup: 0.05,
+            weight_decay: 0.0,
+            clip_grad_norm: 1.0,
+            max_len: 224,
+            p_ctx_caption: 0.25,
+            p_caption: 0.10,
+            eval_max_new_tokens: 5,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+impl LmPretrainOptions {
+    /// The Phi config for a tokenizer of `vocab_size` tokens (ids 0 special).
+    pub fn phi_config(&self, vocab_size: usize) -> PhiConfig {
+        PhiConfig::new(
+            vocab_size,
+            self.d_model,
+            4 * self.d_model,
+            self.layers,
+            self.heads,
+            self.heads,
+        )
+        .with_max_position_embeddings(self.max_position)
+        .with_layer_norm_eps(self.layer_norm_eps)
+        .with_rope_theta(self.rope_theta)
+        .with_partial_rotary_factor(self.partial_rotary)
+        .with_hidden_act(Activation::GeluTanh)
+        .with_tie_word_embeddings(false)
+        .with_bos_token_id(Some(0))
+        .with_eos_token_id(Some(0))
+        .with_pad_token_id(Some(0))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Corpus and documents
+
+/// Conversations with the captions of their images.
+pub struct Corpus {
+    pub conversations: Vec<Conversation>,
+    /// `captions[i]`: the captions of conversation `i`'s image, in file order.
+    pub captions: Vec<Vec<String>>,
+    /// Conversations dropped because their image has no caption.
+    pub without_captions: usize,
+}
+
+impl Corpus {
+    /// `{split}2017` images, `captions_{split}2017.json` and the conversations of `instruct`.
+    pub fn load(world: &Path, split: &str, instruct: &str) -> Result<Self> {
+        let root = ImageRoot::new(&world.join(format!("{split}2017")))?;
+        let caps = load_captions(
+            &world
+                .join("annotations")
+                .join(format!("captions_{split}2017.json")),
+            &root,
+        )?;
+        let mut by_image: HashMap<String, Vec<String>> = HashMap::new();
+        for s in caps.samples {
+            by_image.entry(s.image_name).or_default().push(s.caption);
+        }
+        let set = load_instruct(&world.join(instruct), &root)?;
+        let mut out = Corpus {
+            conversations: Vec::new(),
+            captions: Vec::new(),
+            without_captions: 0,
+        };
+        for c in set.samples {
+            match c.image_name.as_ref().and_then(|n| by_image.get(n)) {
+                Some(cs) if !cs.is_empty() => {
+                    out.captions.push(cs.clone());
+                    out.conversations.push(c);
+                }
+                _ => out.without_captions += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.conversations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conversations.is_empty()
+    }
+
+    /// Texts the tokenizer is trained on: every caption once and every conversation
+    /// without its image (the end token is added as a special token, not learned as text).
+    pub fn tokenizer_texts(&self, template: &ChatTemplate) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (c, cs) in self.conversations.iter().zip(&self.captions) {
+            for cap in cs {
+                if seen.insert(cap.as_str()) {
+                    out.push(cap.clone());
+                }
+            }
+            let doc = Doc::conversation(template, "", c);
+            out.push(
+                doc.0
+                    .iter()
+                    .filter_map(|p| match p {
+                        Piece::Text(t) => Some(t.as_str()),
+                        Piece::End => None,
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+}
+
+/// A piece of a document, tokenized on its own (no BPE merge crosses a piece boundary).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Piece {
+    Text(String),
+    /// `<|endoftext|>`.
+    End,
+}
+
+/// One training document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Doc(pub Vec<Piece>);
+
+impl Doc {
+    /// A conversation as stage 2 lays it out with the template, `ctx` at the image slot.
+    pub fn conversation(t: &ChatTemplate, ctx: &str, c: &Conversation) -> Self {
+        let mut p = Vec::new();
+        for (i, turn) in c.turns.iter().enumerate() {
+            if i == 0 {
+                p.push(Piece::Text(format!("{}{}", t.system, t.user)));
+                p.push(Piece::Text(ctx.to_string()));
+                p.push(Piece::Text(format!(
+                    "{}{}{}",
+                    t.image_sep, turn.question, t.assistant
+                )));
+            } else {
+                p.push(Piece::Text(format!(
+                    "{}{}{}",
+                    t.user, turn.question, t.assistant
+                )));
+            }
+            p.push(Piece::Text(format!("{}{}", t.answer_prefix, turn.answer)));
+            p.push(Piece::End);
+        }
+        Doc(p)
+    }
+
+    /// Draws one document for conversation `c` with captions `cs`.
+    pub fn draw(
+        rng: &mut Rng,
+        o: &LmPretrainOptions,
+        t: &ChatTemplate,
+        c: &Conversation,
+        cs: &[String],
+    ) -> Self {
+        let mut shuffled: Vec<&str> = cs.iter().map(String::as_str).collect();
+        rng.shuffle(&mut shuffled);
+        let ctx = shuffled.join(" ");
+        let r = rng.unit();
+        if r < o.p_ctx_caption {
+            let cap = rng.pick(cs);
+            Doc(vec![
+                Piece::Text(ctx),
+                Piece::Text(format!("\n{cap}")),
+                Piece::End,
+            ])
+        } else if r < o.p_ctx_caption + o.p_caption {
+            Doc(vec![Piece::Text(rng.pick(cs).clone()), Piece::End])
+        } else {
+            Self::conversation(t, &ctx, c)
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.as_str(),
+                Piece::End => EOS,
+            })
+            .collect()
+    }
+
+    /// Token ids, piece by piece.
+    pub fn ids(&self, tok: &dyn TextCodec) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) if t.is_empty() => {}
+                Piece::Text(t) => out.extend(tok.encode(t)?),
+                Piece::End => out.push(0),
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokenizer
+
+/// A byte-level BPE of `vocab` tokens trained on `texts`: `<|endoftext|>` is id 0, the 256
+/// byte symbols follow, then the merges. GPT-2's pre-tokenizer and decoder, no normaliser,
+/// so decoding gives back the exact text.
+pub fn train_tokenizer(texts: &[String], vocab: usize) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::AddedToken;
+    anyhow::ensure!(
+        vocab > 257,
+        "vocab {vocab} must exceed 257 (the end token and the 256 bytes)"
+    );
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(vocab)
+        .min_frequency(0)
+        .show_progress(false)
+        .special_tokens(vec![AddedToken::from(EOS, true)])
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build()
+        .into();
+    let mut tok = tokenizers::Tokenizer::new(BPE::default());
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_post_processor(Some(ByteLevel::new(false, false, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    tok.train(&mut trainer, texts.iter())
+        .map_err(|e| anyhow!("training the tokenizer: {e}"))?;
+    anyhow::ensure!(tok.token_to_id(EOS) == Some(0), "{EOS} did not get id 0");
+    Ok(tok)
+}
+
+// ---------------------------------------------------------------------------------------
+// Batches
+
+/// Right-padded ids, attention mask and labels (-100 on padding) for `docs`, each cut to
+/// `max_len` tokens.
+pub fn batch<B: Backend>(
+    docs: &[Vec<u32>],
+    max_len: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Bool>, Tensor<B, 2, Int>) {
+    let width = docs
+        .iter()
+        .map(|d| d.len().min(max_len))
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let (mut ids, mut keep, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for d in docs {
+        let d = &d[..d.len().min(max_len)];
+        for j in 0..width {
+            let real = j < d.len();
+            let id = if real { d[j] as i64 } else { 0 };
+            ids.push(id);
+            keep.push(real);
+            labels.push(if real { id } else { IGNORE });
+        }
+    }
+    let shape = [docs.len(), width];
+    (
+        Tensor::from_data(TensorData::new(ids, shape), device),
+        Tensor::from_data(TensorData::new(keep, shape), device),
+        Tensor::from_data(TensorData::new(labels, shape), device),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Evaluation
+
+/// Text-context QA: the first question of every conversation of `val`, its image's
+/// captions (file order) at the image slot, greedy.
+pub fn text_context_qa<B: crate::model::lora::QLoraBackend>(
+    lm: &Phi<B>,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    val: &Corpus,
+    max_new_tokens: usize,
+    device: &B::Device,
+) -> Result<QaAccuracy> {
+    let mut prompts: Vec<(Vec<u32>, &str, String)> = Vec::new();
+    for (c, cs) in val.conversations.iter().zip(&val.captions) {
+        let turn = &c.turns[0];
+        let layout = PromptLayout::question(tok, template, &turn.question)?;
+        let mut ids = layout.before;
+        ids.extend(TextCodec::encode(tok, &cs.join(" "))?);
+        ids.extend(layout.after);
+        let kind = turn.qtype.clone().unwrap_or_else(|| "unknown".into());
+        prompts.push((ids, turn.answer.as_str(), kind));
+    }
+    // Rows of one generate call share a length (no padding).
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_len.entry(p.0.len()).or_default().push(i);
+    }
+    let opts = GenerateOptions {
+        max_new_tokens,
+        eos: Some(0),
+        decoding: Decoding::Greedy,
+        use_cache: true,
+    };
+    let mut acc = QaAccuracy::default();
+    for (len, idx) in by_len {
+        for chunk in idx.chunks(64) {
+            let flat: Vec<i64> = chunk
+                .iter()
+                .flat_map(|&i| prompts[i].0.iter().map(|&t| t as i64))
+                .collect();
+            let ids =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [chunk.len(), len]), device);
+            let gens = generate(lm, lm.embed(ids), &opts);
+            for (&i, g) in chunk.iter().zip(&gens) {
+                let pred = decode(tok, g, opts.eos)?;
+                acc.add(&prompts[i].2, qa_exact_match(&pred, prompts[i].1));
+            }
+        }
+    }
+    Ok(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// Training
+
+/// What `pretrain_lm` made; the model on the inference backend.
+pub struct LmPretrained {
+    pub lm: Phi<Compute>,
+    pub config: PhiConfig,
+    pub tokenizer: Tokenizer,
+    pub train_conversations: usize,
+    pub val_conversations: usize,
+    /// Loss of every step.
+    pub losses: Vec<f64>,
+    /// Mean loss over the first and the last `k` steps (k = steps / 4, at most 20).
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub train_seconds: f64,
+    pub total_seconds: f64,
+    /// Text-context QA on the val conversations (`None` without a val split).
+    pub qa: Option<QaAccuracy>,
+}
+
+/// A hidden sibling of `out` (same file system, so renames are atomic).
+fn sibling(out: &Path, tag: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "lm".into());
+    out.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+}
+
+/// Trains the tokenizer and the tiny Phi on `o.world` and writes the HF folder to `o.out`.
+pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
+    let t_all = Instant::now();
+    anyhow::ensure!(
+        o.heads > 0 && o.d_model.is_multiple_of(o.heads),
+        "d_model {} must be a multiple of heads {}",
+        o.d_model,
+        o.heads
+    );
+    anyhow::ensure!(
+        o.steps > 0 && o.batch > 0 && o.max_len > 1,
+        "need steps > 0, batch > 0, max_len > 1"
+    );
+    let template = ChatTemplate::default();
+    let train = Corpus::load(&o.world, "train", "llava_instruct_150k.json")
+        .with_context(|| format!("reading the training text of {}", o.world.display()))?;
+    anyhow::ensure!(
+        !train.is_empty(),
+        "{}: no training conversation with captions",
+        o.world.display()
+    );
+    let val = if o.world.join("llava_instruct_val.json").exists() {
+        Some(Corpus::load(&o.world, "val", "llava_instruct_val.json")?)
+    } else {
+        None
+    };
+
+    if let Some(parent) = o.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = sibling(&o.out, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+
+    // The tokenizer, saved first and read back through the stages' loader.
+    let bpe = train_tokenizer(&train.tokenizer_texts(&template), o.vocab)?;
+    let cfg = o.phi_config(bpe.get_vocab_size(true));
+    bpe.save(tmp.join("tokenizer.json"), true)
+        .map_err(|e| anyhow!("saving the tokenizer: {e}"))?;
+    let tok = Tokenizer::from_file(&tmp.join("tokenizer.json"), &cfg)?;
+
+    let device = crate::backend::device(0);
+    <Train as Backend>::seed(&device, o.seed);
+    let mut model: Phi<Train> = cfg.init_hf(&device, o.init_std);
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(o.weight_decay as f32)
+        .init::<Train, Phi<Train>>();
+    let sched = LrSchedule {
+        base: o.lr,
+        total: o.steps,
+        warmup: (o.warmup * o.steps as f64).ceil() as u64,
+        kind: Schedule::Cosine,
+        floor: 0.0,
+    };
+    let bar = if o.progress {
+        indicatif::ProgressBar::new(o.steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "pretrain lm [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let mut losses = Vec::with_capacity(o.steps as usize);
+    let log_lines = o.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t_train = Instant::now();
+    for step in 0..o.steps {
+        // The documents are a function of (seed, step).
+        let mut rng = Rng::derive(o.seed ^ 0x4C4D_5052_4554_5241, step);
+        let docs = (0..o.batch)
+            .map(|_| {
+                let i = rng.below(train.len());
+                Doc::draw(
+                    &mut rng,
+                    o,
+                    &template,
+                    &train.conversations[i],
+                    &train.captions[i],
+                )
+                .ids(&tok)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (ids, mask, labels) = batch::<Train>(&docs, o.max_len, &device);
+        let logits = model.forward(ids, Some(mask));
+        let (loss, _) = masked_lm_loss(logits, labels);
+        let lv = loss.clone().into_scalar().elem::<f64>();
+        anyhow::ensure!(lv.is_finite(), "loss is {lv} at step {step}");
+        losses.push(lv);
+        let mut g = GradientsParams::from_grads(loss.backward(), &model);
+        grads::clip_global_norm::<Train, _>(&model, &mut g, o.clip_grad_norm);
+        model = optim.step(sched.lr(step), model, g);
+        bar.set_message(format!("loss {lv:.4}"));
+        bar.inc(1);
+        // The bar is hidden in logs (no terminal): a line every 50 steps instead.
+        if log_lines && ((step + 1) % 50 == 0 || step + 1 == o.steps) {
+            eprintln!(
+                "pretrain lm: step {}/{} loss {lv:.4} ({:.1}s)",
+                step + 1,
+                o.steps,
+                t_train.elapsed().as_secs_f64()
+            );
+        }
+    }
+    bar.finish_and_clear();
+    let train_seconds = t_train.elapsed().as_secs_f64();
+    let lm = model.valid();
+    let k = (losses.len() / 4).clamp(1, 20);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let (first_loss, final_loss) = (mean(&losses[..k]), mean(&losses[losses.len() - k..]));
+
+    let qa = match &val {
+        Some(v) if !v.is_empty() => Some(text_context_qa(
+            &lm,
+            &tok,
+            &template,
+            v,
+            o.eval_max_new_tokens,
+            &device,
+        )?),
+        _ => None,
+    };
+
+    lm.save_hf(&cfg, &tmp)?;
+    crate::fsutil::write_atomic(
+        &tmp.join("generation_config.json"),
+        &serde_json::to_vec_pretty(&json!({
+            "_from_model_config": true,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+            "pad_token_id": 0,
+        }))?,
+    )?;
+    let total_seconds = t_all.elapsed().as_secs_f64();
+    let qa_json = qa.as_ref().map(|a| {
+        json!({
+            "overall": a.overall(),
+            "per_type": a.per_type.iter().map(|(k, &(c, n))| {
+                (k.clone(), json!({"correct": c, "total": n, "acc": c as f64 / n.max(1) as f64}))
+            }).collect::<serde_json::Map<_, _>>(),
+        })
+    });
+    let report = json!({
+        "options": o,
+        "config": cfg.to_hf_json(),
+        "vocab_size": cfg.vocab_size,
+        "train_conversations": train.len(),
+        "val_conversations": val.as_ref().map_or(0, Corpus::len),
+        "first_loss": first_loss,
+        "final_loss": final_loss,
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / o.steps as f64,
+        "total_seconds": total_seconds,
+        "text_context_qa": qa_json,
+    });
+    crate::fsutil::write_atomic(
+        &tmp.join("pretrain.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    crate::fsutil::sync_dir(&tmp);
+    // Swap the finished folder in; a previous result is removed only after.
+    let old = sibling(&o.out, "old");
+    if o.out.exists() {
+        std::fs::rename(&o.out, &old)
+            .with_context(|| format!("moving the old {} aside", o.out.display()))?;
+    }
+    std::fs::rename(&tmp, &o.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), o.out.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(LmPretrained {
+        lm,
+        config: cfg,
+        tokenizer: tok,
+        train_conversations: train.len(),
+        val_conversations: val.as_ref().map_or(0, Corpus::len),
+        losses,
+        first_loss,
+        final_loss,
+        train_seconds,
+        total_seconds,
+        qa,
+    })
+}
