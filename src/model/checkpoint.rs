@@ -293,6 +293,28 @@ impl Checkpoint {
     }
 }
 
+/// Writes an HF model folder: `model.safetensors` (f32, through a temporary file) and
+/// `config.json`. Shared by the savers of the tiny backbones.
+pub fn save_hf_folder(
+    dir: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    config: &serde_json::Value,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    let tmp = dir.join("model.safetensors.tmp");
+    write_f32_safetensors(&tmp, &refs)?;
+    std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+    crate::fsutil::write_atomic(
+        &dir.join("config.json"),
+        &serde_json::to_vec_pretty(config)?,
+    )
+}
+
 /// Writes named f32 tensors as one safetensors file (used by `harness probe`).
 pub fn write_f32_safetensors(
     path: &Path,

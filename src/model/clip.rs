@@ -388,20 +388,7 @@ impl<B: Backend> ClipVision<B> {
     /// Writes `dir/config.json` and `dir/model.safetensors` (f32) in the HF
     /// `CLIPVisionModel` layout, loadable by [`Self::from_dir`].
     pub fn save_hf(&self, cfg: &ClipVisionConfig, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tensors = self.hf_tensors();
-        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
-            .iter()
-            .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
-            .collect();
-        let tmp = dir.join("model.safetensors.tmp");
-        super::checkpoint::write_f32_safetensors(&tmp, &refs)?;
-        std::fs::rename(&tmp, dir.join("model.safetensors"))?;
-        crate::fsutil::write_atomic(
-            &dir.join("config.json"),
-            &serde_json::to_vec_pretty(&cfg.to_hf_json())?,
-        )?;
-        Ok(())
+        super::checkpoint::save_hf_folder(dir, &self.hf_tensors(), &cfg.to_hf_json())
     }
 
     /// HF `hidden_states[0]`: embeddings after `pre_layrnorm`. `pixels`: `[batch, 3, H, W]`.

@@ -36,11 +36,11 @@ pub fn recipe(name: &str) -> Result<Recipe> {
         "clip-p8" => clip(32, 8),
         // The same 16 tokens from 64 px images in patches of 16: more pixels, coarser patches.
         "clip-p16" => clip(64, 16),
-        // A Phi that reads a scene description in its context (see `super::lm`). Batch 16
-        // and 600 steps: more updates for the same tokens fit a CPU budget better.
+        // A Phi that reads a scene description in its context (see `super::lm`). Batch 16:
+        // more updates for the same tokens fit a CPU budget better.
         "phi-tiny" => Recipe::Lm(LmPretrainOptions {
             batch: 16,
-            steps: 600,
+            steps: 1000,
             ..Default::default()
         }),
         // Smoke-test sizes: build in seconds and learn little (tests, pipeline checks).

@@ -42,7 +42,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::backend::{Compute, Train};
-use crate::config::Schedule;
 use crate::data::coco::load_captions;
 use crate::data::images::{load_rgb, par_map, ImageRoot};
 use crate::data::rng::{epoch_order, Rng};
@@ -621,13 +620,7 @@ pub fn pretrain_clip(o: &ClipPretrainOptions) -> Result<ClipPretrained> {
     let mut optim = AdamWConfig::new()
         .with_weight_decay(o.weight_decay as f32)
         .init::<Train, Clip<Train>>();
-    let sched = LrSchedule {
-        base: o.lr,
-        total: o.steps,
-        warmup: (o.warmup * o.steps as f64).ceil() as u64,
-        kind: Schedule::Cosine,
-        floor: 0.0,
-    };
+    let sched = LrSchedule::warmup_cosine(o.lr, o.steps, o.warmup);
     let b = o.batch.min(train.len());
     let per_epoch = (train.len() / b).max(1);
     let (mut order, mut order_epoch) = (Vec::new(), u64::MAX);

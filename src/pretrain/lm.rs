@@ -38,7 +38,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::backend::{Compute, Train};
-use crate::config::Schedule;
 use crate::data::coco::load_captions;
 use crate::data::images::ImageRoot;
 use crate::data::instruct::{load_instruct, Conversation};
@@ -511,13 +510,7 @@ pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
         .with_epsilon(1e-8)
         .with_weight_decay(o.weight_decay as f32)
         .init::<Train, Phi<Train>>();
-    let sched = LrSchedule {
-        base: o.lr,
-        total: o.steps,
-        warmup: (o.warmup * o.steps as f64).ceil() as u64,
-        kind: Schedule::Cosine,
-        floor: 0.0,
-    };
+    let sched = LrSchedule::warmup_cosine(o.lr, o.steps, o.warmup);
     let bar = if o.progress {
         indicatif::ProgressBar::new(o.steps)
     } else {

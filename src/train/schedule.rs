@@ -15,6 +15,18 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// Linear warmup over `warmup` (a fraction of `total`), then cosine to 0: the
+    /// backbone pretraining schedule.
+    pub fn warmup_cosine(base: f64, total: u64, warmup: f64) -> Self {
+        LrSchedule {
+            base,
+            total,
+            warmup: (warmup * total as f64).ceil() as u64,
+            kind: Schedule::Cosine,
+            floor: 0.0,
+        }
+    }
+
     pub fn new(cfg: &StageConfig, base: f64, total: u64) -> Self {
         LrSchedule {
             base,
