@@ -99,6 +99,18 @@ fn go(results: &Path, files: &[PathBuf], dry_run: bool, resume: bool) -> anyhow:
         }
     }
     println!("results in {}", results.display());
+    // Where to look next: each run's report, and the leaderboard over every run.
+    for o in outcomes.iter().flatten() {
+        let page = results.join(&o.run_id).join("report.html");
+        if page.exists() {
+            println!("report: {}", page.display());
+        }
+    }
+    let reports = crate::report::default_reports_dir(results);
+    match crate::report::leaderboard::write(&store, &reports, &Default::default()) {
+        Ok(p) => println!("leaderboard: {}", p.display()),
+        Err(e) => eprintln!("warning: no leaderboard: {e:#}"),
+    }
     if failed > 0 {
         anyhow::bail!("{failed} of {} runs did not complete", outcomes.len());
     }

@@ -182,6 +182,10 @@ pub fn describe<'a>(exps: impl IntoIterator<Item = &'a crate::config::Experiment
                 let line = match dir(name, world) {
                     Ok(d) if d.join("config.json").exists() => format!("cached  {}", d.display()),
                     Ok(d) => format!("to build (once) in {}", d.display()),
+                    Err(_) if !world.join("synth.json").exists() => format!(
+                        "to build (once) when the world exists (`harness synth --out {}`)",
+                        world.display()
+                    ),
                     Err(err) => format!("error: {err:#}"),
                 };
                 seen.insert(spec.clone(), line);
