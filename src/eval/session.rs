@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use burn::prelude::*;
 
-use super::generate::{Decoding, GenerateOptions};
+use super::generate::GenerateOptions;
 use super::infer::{decode, generate_for_images, PromptLayout};
 use crate::backend::Compute;
 use crate::config::Experiment;
@@ -137,19 +137,7 @@ impl Session {
         } else {
             tok.encode(&template.end)?
         };
-        let opts = GenerateOptions {
-            max_new_tokens: exp.eval.max_new_tokens as usize,
-            eos: tok.eos_id,
-            decoding: if exp.eval.beams > 1 {
-                Decoding::Beam {
-                    width: exp.eval.beams as usize,
-                    length_penalty: 1.0,
-                }
-            } else {
-                Decoding::Greedy
-            },
-            use_cache: true,
-        };
+        let opts = crate::train::evaluate::options(&exp, &tok);
         Ok(Self {
             run_id,
             exp,

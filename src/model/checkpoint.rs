@@ -293,6 +293,47 @@ impl Checkpoint {
     }
 }
 
+/// Named f32 tensors in PyTorch layout under HF names: the writing side of
+/// [`Checkpoint`]'s `linear` / `layer_norm` readers, for the savers of the tiny backbones.
+#[derive(Default)]
+pub struct HfTensors(pub Vec<(String, Vec<usize>, Vec<f32>)>);
+
+impl HfTensors {
+    pub fn tensor<B: Backend, const D: usize>(&mut self, name: String, t: Tensor<B, D>) {
+        let shape = t.dims().to_vec();
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 values");
+        self.0.push((name, shape, v));
+    }
+
+    /// `{pre}.weight` `[out, in]` (burn's `[in, out]` transposed back) and `{pre}.bias`.
+    pub fn linear_parts<B: Backend>(
+        &mut self,
+        pre: &str,
+        weight_in_out: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    ) {
+        self.tensor(format!("{pre}.weight"), weight_in_out.transpose());
+        if let Some(b) = bias {
+            self.tensor(format!("{pre}.bias"), b);
+        }
+    }
+
+    pub fn linear<B: Backend>(&mut self, pre: &str, l: &Linear<B>) {
+        self.linear_parts(pre, l.weight.val(), l.bias.as_ref().map(|b| b.val()));
+    }
+
+    pub fn layer_norm<B: Backend>(&mut self, pre: &str, n: &LayerNorm<B>) {
+        self.tensor(format!("{pre}.weight"), n.gamma.val());
+        if let Some(b) = &n.beta {
+            self.tensor(format!("{pre}.bias"), b.val());
+        }
+    }
+}
+
 /// Writes an HF model folder: `model.safetensors` (f32, through a temporary file) and
 /// `config.json`. Shared by the savers of the tiny backbones.
 pub fn save_hf_folder(

@@ -13,7 +13,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use serde_json::Value;
 
-use super::checkpoint::{read_json, Checkpoint};
+use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::{attention, Activation};
 
 /// The vision config, from `config.json` (vision-only checkpoints) or its `vision_config`
@@ -328,61 +328,34 @@ impl<B: Backend> ClipVision<B> {
     /// `load`, kept beside it so the key names live in one place; a saved tower loads back
     /// bit for bit (tests/it/pretrain.rs).
     pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        type Out = Vec<(String, Vec<usize>, Vec<f32>)>;
-        fn put<B: Backend, const D: usize>(out: &mut Out, name: String, t: Tensor<B, D>) {
-            let shape = t.dims().to_vec();
-            let v = t
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32 values");
-            out.push((name, shape, v));
-        }
-        // burn's Linear weight is [in, out]: transposed back to PyTorch's [out, in].
-        fn linear<B: Backend>(out: &mut Out, pre: String, l: &Linear<B>) {
-            put(out, format!("{pre}.weight"), l.weight.val().transpose());
-            if let Some(b) = &l.bias {
-                put(out, format!("{pre}.bias"), b.val());
-            }
-        }
-        fn norm<B: Backend>(out: &mut Out, pre: String, n: &LayerNorm<B>) {
-            put(out, format!("{pre}.weight"), n.gamma.val());
-            if let Some(b) = &n.beta {
-                put(out, format!("{pre}.bias"), b.val());
-            }
-        }
         let p = "vision_model.";
-        let mut out = Out::new();
-        let o = &mut out;
-        put(
-            o,
+        let mut o = HfTensors::default();
+        o.tensor(
             format!("{p}embeddings.patch_embedding.weight"),
             self.patch_embedding.weight.val(),
         );
-        put(
-            o,
+        o.tensor(
             format!("{p}embeddings.class_embedding"),
             self.class_embedding.val(),
         );
-        put(
-            o,
+        o.tensor(
             format!("{p}embeddings.position_embedding.weight"),
             self.position_embedding.weight.val(),
         );
-        norm(o, format!("{p}pre_layrnorm"), &self.pre_layrnorm);
+        o.layer_norm(&format!("{p}pre_layrnorm"), &self.pre_layrnorm);
         for (i, l) in self.layers.iter().enumerate() {
             let q = format!("{p}encoder.layers.{i}");
-            linear(o, format!("{q}.self_attn.q_proj"), &l.q_proj);
-            linear(o, format!("{q}.self_attn.k_proj"), &l.k_proj);
-            linear(o, format!("{q}.self_attn.v_proj"), &l.v_proj);
-            linear(o, format!("{q}.self_attn.out_proj"), &l.out_proj);
-            norm(o, format!("{q}.layer_norm1"), &l.layer_norm1);
-            norm(o, format!("{q}.layer_norm2"), &l.layer_norm2);
-            linear(o, format!("{q}.mlp.fc1"), &l.fc1);
-            linear(o, format!("{q}.mlp.fc2"), &l.fc2);
+            o.linear(&format!("{q}.self_attn.q_proj"), &l.q_proj);
+            o.linear(&format!("{q}.self_attn.k_proj"), &l.k_proj);
+            o.linear(&format!("{q}.self_attn.v_proj"), &l.v_proj);
+            o.linear(&format!("{q}.self_attn.out_proj"), &l.out_proj);
+            o.layer_norm(&format!("{q}.layer_norm1"), &l.layer_norm1);
+            o.layer_norm(&format!("{q}.layer_norm2"), &l.layer_norm2);
+            o.linear(&format!("{q}.mlp.fc1"), &l.fc1);
+            o.linear(&format!("{q}.mlp.fc2"), &l.fc2);
         }
-        norm(o, format!("{p}post_layernorm"), &self.post_layernorm);
-        out
+        o.layer_norm(&format!("{p}post_layernorm"), &self.post_layernorm);
+        o.0
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` (f32) in the HF

@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::Bool;
 use serde_json::Value;
 
-use super::checkpoint::{read_json, Checkpoint};
+use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
 use super::{attention, Activation};
 
@@ -476,58 +476,30 @@ impl<B: Backend> Phi<B> {
     /// (Linear `[out, in]`), f32; NF4 bases dequantized, LoRA adapters left out (not
     /// merged). The inverse of `load`, beside it so the key names live in one place.
     pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        type Out = Vec<(String, Vec<usize>, Vec<f32>)>;
-        fn put<B: Backend, const D: usize>(out: &mut Out, name: String, t: Tensor<B, D>) {
-            let shape = t.dims().to_vec();
-            let v = t
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32 values");
-            out.push((name, shape, v));
-        }
-        fn norm<B: Backend>(out: &mut Out, pre: String, n: &LayerNorm<B>) {
-            put(out, format!("{pre}.weight"), n.gamma.val());
-            if let Some(b) = &n.beta {
-                put(out, format!("{pre}.bias"), b.val());
-            }
-        }
-        // burn's [in, out] transposed back to PyTorch's [out, in].
-        fn base<B: Backend>(out: &mut Out, pre: String, l: &LoraLinear<B>, dev: &B::Device) {
-            let w = l.base.weight(dev, burn::tensor::DType::F32);
-            put(out, format!("{pre}.weight"), w.transpose());
-            if let Some(b) = l.base.bias() {
-                put(out, format!("{pre}.bias"), b);
-            }
-        }
         let dev = self.embed_tokens.weight.device();
-        let mut out = Out::new();
-        let o = &mut out;
-        put(
-            o,
+        let mut o = HfTensors::default();
+        o.tensor(
             "model.embed_tokens.weight".into(),
             self.embed_tokens.weight.val(),
         );
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            base(o, format!("{p}.self_attn.q_proj"), &l.q_proj, &dev);
-            base(o, format!("{p}.self_attn.k_proj"), &l.k_proj, &dev);
-            base(o, format!("{p}.self_attn.v_proj"), &l.v_proj, &dev);
-            base(o, format!("{p}.self_attn.dense"), &l.dense, &dev);
-            base(o, format!("{p}.mlp.fc1"), &l.fc1, &dev);
-            base(o, format!("{p}.mlp.fc2"), &l.fc2, &dev);
-            norm(o, format!("{p}.input_layernorm"), &l.input_layernorm);
+            for (name, lin) in [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.dense", &l.dense),
+                ("mlp.fc1", &l.fc1),
+                ("mlp.fc2", &l.fc2),
+            ] {
+                let w = lin.base.weight(&dev, burn::tensor::DType::F32);
+                o.linear_parts(&format!("{p}.{name}"), w, lin.base.bias());
+            }
+            o.layer_norm(&format!("{p}.input_layernorm"), &l.input_layernorm);
         }
-        norm(o, "model.final_layernorm".into(), &self.final_layernorm);
-        put(
-            o,
-            "lm_head.weight".into(),
-            self.lm_head.weight.val().transpose(),
-        );
-        if let Some(b) = &self.lm_head.bias {
-            put(o, "lm_head.bias".into(), b.val());
-        }
-        out
+        o.layer_norm("model.final_layernorm", &self.final_layernorm);
+        o.linear("lm_head", &self.lm_head);
+        o.0
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` (f32) in the HF

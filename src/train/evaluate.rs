@@ -40,7 +40,8 @@ pub struct Sample {
     pub stage: String,
 }
 
-fn options(exp: &Experiment, tok: &Tokenizer) -> GenerateOptions {
+/// Generation settings of an experiment's `[eval]` (in-run evaluation and `caption`/`chat`).
+pub fn options(exp: &Experiment, tok: &Tokenizer) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens: exp.eval.max_new_tokens as usize,
         eos: tok.eos_id,
