@@ -252,6 +252,23 @@ const D_IN: usize = 96;
 const D_OUT: usize = 40;
 const R: usize = 4;
 
+/// Gives the adapter fixed, non-zero A `[in, r]` and B `[r, out]`; returns their values.
+fn set_adapter<B: burn::tensor::backend::Backend>(
+    lora: &mut LoraAdapter<B>,
+    device: &B::Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let (a, bm) = (lcg(4, D_IN * R, 0.2), lcg(5, R * D_OUT, 0.3));
+    lora.a = Param::from_tensor(Tensor::from_data(
+        TensorData::new(a.clone(), [D_IN, R]),
+        device,
+    ));
+    lora.b = Param::from_tensor(Tensor::from_data(
+        TensorData::new(bm.clone(), [R, D_OUT]),
+        device,
+    ));
+    (a, bm)
+}
+
 fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s = seed;
     (0..n)
@@ -352,15 +369,7 @@ fn qlora_lora_equals_base_at_init_and_the_formula_after() {
         assert!(a0.iter().all(|v| v.abs() <= bound) && a0.iter().any(|v| v.abs() > bound / 2.0));
         assert!(to_vec(lora.b.val()).iter().all(|&v| v == 0.0));
         // Explicit A and B.
-        let (a, bm) = (lcg(4, D_IN * R, 0.2), lcg(5, R * D_OUT, 0.3));
-        lora.a = Param::from_tensor(Tensor::from_data(
-            TensorData::new(a.clone(), [D_IN, R]),
-            &device,
-        ));
-        lora.b = Param::from_tensor(Tensor::from_data(
-            TensorData::new(bm.clone(), [R, D_OUT]),
-            &device,
-        ));
+        let (a, bm) = set_adapter(lora, &device);
         let y = to_vec(l.forward(x));
         let want = reference(&x_data(2, 3), &w, &b, &a, &bm, 8.0 / R as f64);
         assert!(
@@ -480,15 +489,7 @@ fn qlora_bf16_compute_with_f32_adapters() {
     for quant in [true, false] {
         let (mut l, w, b) = layer::<Compute>(quant, 0.0, &device);
         let lora = l.lora.as_mut().unwrap();
-        let (a, bm) = (lcg(4, D_IN * R, 0.2), lcg(5, R * D_OUT, 0.3));
-        lora.a = Param::from_tensor(Tensor::from_data(
-            TensorData::new(a.clone(), [D_IN, R]),
-            &device,
-        ));
-        lora.b = Param::from_tensor(Tensor::from_data(
-            TensorData::new(bm.clone(), [R, D_OUT]),
-            &device,
-        ));
+        let (a, bm) = set_adapter(lora, &device);
         let x =
             Tensor::<Compute, 3>::from_data(TensorData::new(x_data(2, 3), [2, 3, D_IN]), &device)
                 .cast(DType::BF16);
@@ -506,15 +507,7 @@ fn qlora_dropout_only_while_training() {
     let device = Default::default();
     let (mut l, w, b) = layer::<Train>(false, 0.5, &device);
     let lora = l.lora.as_mut().unwrap();
-    let (a, bm) = (lcg(4, D_IN * R, 0.2), lcg(5, R * D_OUT, 0.3));
-    lora.a = Param::from_tensor(Tensor::from_data(
-        TensorData::new(a.clone(), [D_IN, R]),
-        &device,
-    ));
-    lora.b = Param::from_tensor(Tensor::from_data(
-        TensorData::new(bm.clone(), [R, D_OUT]),
-        &device,
-    ));
+    let (a, bm) = set_adapter(lora, &device);
     let xv = x_data(4, 8);
     let want = reference(&xv, &w, &b, &a, &bm, 8.0 / R as f64);
     // Inference (no autodiff): dropout is the identity.

@@ -20,6 +20,20 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 
+use harness::model::checkpoint::F32Tensors as Refs;
+
+/// A `[b, l]` integer tensor of the fixture (ids, labels, masks are stored as f32).
+fn ints(refs: &Refs, k: &str, dev: &burn::tensor::Device<Train>) -> Tensor<Train, 2, Int> {
+    let (s, v) = &refs[k];
+    Tensor::from_data(
+        TensorData::new(
+            v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+            [s[0], s[1]],
+        ),
+        dev,
+    )
+}
+
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -42,16 +56,7 @@ fn stage1_step_matches_pytorch() {
     let ckpt = Checkpoint::open_file(format!("{DIR}/step1.safetensors")).unwrap();
     let projector: Projector<Train> = Projector::load(&ckpt, "projector", &cfg, &dev).unwrap();
 
-    let ints = |k: &str| -> Tensor<Train, 2, Int> {
-        let (s, v) = &refs[k];
-        Tensor::from_data(
-            TensorData::new(
-                v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-                [s[0], s[1]],
-            ),
-            &dev,
-        )
-    };
+    let ints = |k: &str| ints(&refs, k, &dev);
     let [b, l] = [refs["input_ids"].0[0], refs["input_ids"].0[1]];
     let batch = LlavaBatch::<Train> {
         input_ids: ints("input_ids"),
@@ -252,16 +257,7 @@ fn stage2_step(case: &str) {
     )
     .unwrap();
 
-    let ints = |k: &str| -> Tensor<Train, 2, Int> {
-        let (s, v) = &refs[k];
-        Tensor::from_data(
-            TensorData::new(
-                v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-                [s[0], s[1]],
-            ),
-            &dev,
-        )
-    };
+    let ints = |k: &str| ints(&refs, k, &dev);
     let [b, l] = [refs["input_ids"].0[0], refs["input_ids"].0[1]];
     let starts: Vec<Option<usize>> = refs["image_start"]
         .1
