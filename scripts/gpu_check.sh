@@ -30,22 +30,24 @@ export HARNESS_RESULTS="$work/results" HARNESS_CACHE="$work/cache"
 # to try; set CUBECL_AUTOTUNE_LEVEL=balanced to compare with cubecl's default.
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 
-for cfg in benches/small.toml benches/phi2-layers.toml; do
-    for stage in 1 2; do
+# A shorter check: BENCH_CONFIGS="benches/small.toml" BENCH_STAGES=1 DTYPES=f32.
+t="${BENCH_TIMEOUT:-90}"
+for cfg in ${BENCH_CONFIGS:-benches/small.toml benches/phi2-layers.toml}; do
+    for stage in ${BENCH_STAGES:-1 2}; do
         step "bench $cfg stage $stage"
-        timeout 90 "$bin" bench --config "$cfg" --stage "$stage" --nf4 false --json
-        timeout 90 python3 scripts/bench_torch.py --config "$cfg" --stage "$stage" --device cuda
-        [ "$stage" = 2 ] && timeout 90 "$bin" bench --config "$cfg" --stage 2 --nf4 true --json
+        timeout "$t" "$bin" bench --config "$cfg" --stage "$stage" --nf4 false --json
+        timeout "$t" python3 scripts/bench_torch.py --config "$cfg" --stage "$stage" --device cuda
+        [ "$stage" = 2 ] && timeout "$t" "$bin" bench --config "$cfg" --stage 2 --nf4 true --json
     done
 done
 step synth
 "$bin" synth --out data/synth --images 2000 >/dev/null || exit 1
-for dtype in f32 auto; do
+for dtype in ${DTYPES:-f32 auto}; do
     step "gpu-smoke on cuda, dtype $dtype"
     sed -e "s/^name = .*/name = \"gpu-$dtype\"/" -e "s/^dtype = .*/dtype = \"$dtype\"/" \
         -e 's/^seed = 0/seed = 0\nbackend = "cuda"/' benches/gpu-smoke.toml > "$work/gpu-$dtype.toml"
     SECONDS=0
-    timeout 180 "$bin" run "$work/gpu-$dtype.toml" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | grep -v '\[' | tail -8
+    timeout "${RUN_TIMEOUT:-180}" "$bin" run "$work/gpu-$dtype.toml" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | grep -v '\[' | tail -8
     echo "wall ${SECONDS} s"
     "$bin" show "gpu-$dtype" 2>&1 | grep -E "^status|/loss |qa_acc |CIDEr|Bleu_4|step_time|peak_mem|device_mem|peak_rss"
 done

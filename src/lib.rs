@@ -14,6 +14,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod plan;
 pub mod pretrain;
 pub mod provenance;

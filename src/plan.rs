@@ -195,6 +195,9 @@ pub struct RunOutcome {
     pub note: String,
 }
 
+/// What became of one run of a sweep: its outcome, or its id and the error.
+pub type Outcome = std::result::Result<RunOutcome, (String, String)>;
+
 /// Runs one planned experiment to completion (or failure / interruption).
 pub fn execute(
     store: &Store,
@@ -438,7 +441,7 @@ pub fn sweep(
     code: &CodeState,
     runner: &dyn StageRunner,
     opts: &ExecOptions,
-) -> Result<Vec<Result<RunOutcome, (String, String)>>> {
+) -> Result<Vec<Outcome>> {
     let exps = load_all(files)?;
     let mut out = Vec::new();
     for p in plan(store, &exps, code)? {

@@ -17,6 +17,18 @@ pub enum PretrainCommand {
     /// captions in place of the image; writes config.json, model.safetensors,
     /// tokenizer.json, generation_config.json and pretrain.json.
     Lm(LmArgs),
+    /// A `builtin:NAME` backbone of an experiment (clip-p8, clip-p16, phi-tiny, ...), trained
+    /// on the world now if it is not cached; prints its folder.
+    Builtin(BuiltinArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuiltinArgs {
+    /// The recipe's name (the part after `builtin:`).
+    pub name: String,
+    /// The synthetic world it trains on (the experiment's `data.coco_root`).
+    #[arg(long)]
+    pub world: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +60,9 @@ pub struct LmArgs {
     /// Documents are cut to this many tokens.
     #[arg(long, default_value_t = LmPretrainOptions::default().max_len)]
     pub max_len: usize,
+    /// Steps whose documents are drawn together and batched by length (less padding).
+    #[arg(long, default_value_t = LmPretrainOptions::default().length_groups)]
+    pub length_groups: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -87,6 +102,11 @@ pub struct ClipArgs {
 
 pub fn pretrain(c: PretrainCommand) -> anyhow::Result<()> {
     match c {
+        PretrainCommand::Builtin(a) => {
+            let dir = crate::pretrain::builtin::ensure(&a.name, &a.world)?;
+            println!("builtin:{} is {}", a.name, dir.display());
+            Ok(())
+        }
         PretrainCommand::Lm(a) => {
             let o = LmPretrainOptions {
                 world: a.world,
@@ -99,6 +119,7 @@ pub fn pretrain(c: PretrainCommand) -> anyhow::Result<()> {
                 batch: a.batch,
                 lr: a.lr,
                 max_len: a.max_len,
+                length_groups: a.length_groups,
                 seed: a.seed,
                 ..Default::default()
             };

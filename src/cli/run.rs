@@ -27,18 +27,28 @@ pub struct SweepArgs {
     /// Print the plan and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Runs (and backbone builds) side by side, each in its own process: 0 = one per core
+    /// on the CPU (each keeps about one core busy), one on a GPU.
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
 }
 
 pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
-    go(results, &[a.file], a.dry_run, a.resume)
+    go(results, &[a.file], a.dry_run, a.resume, 1)
 }
 
 /// Sweeps continue interrupted runs: that is what re-running a sweep is for.
 pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
-    go(results, &a.files, a.dry_run, true)
+    go(results, &a.files, a.dry_run, true, a.jobs)
 }
 
-fn go(results: &Path, files: &[PathBuf], dry_run: bool, resume: bool) -> anyhow::Result<()> {
+fn go(
+    results: &Path,
+    files: &[PathBuf],
+    dry_run: bool,
+    resume: bool,
+    jobs: usize,
+) -> anyhow::Result<()> {
     let store = Store::new(results);
     let exps = plan::load_all(files)?;
     let code = plan::code_state_here();
@@ -81,7 +91,19 @@ fn go(results: &Path, files: &[PathBuf], dry_run: bool, resume: bool) -> anyhow:
         resume,
         ..Default::default()
     };
-    let outcomes = plan::sweep(&store, files, &code, runner.as_ref(), &opts)?;
+    let planned = plan::plan(&store, &exps, &code)?;
+    let jobs = match jobs {
+        0 => crate::parallel::auto_jobs(&planned),
+        n => n,
+    };
+    let outcomes = if jobs > 1 && planned.len() > 1 {
+        if runner.needs_inputs() {
+            crate::parallel::prepare_backbones(&planned, jobs, results)?;
+        }
+        crate::parallel::sweep(&store, &planned, jobs, results)
+    } else {
+        plan::sweep(&store, files, &code, runner.as_ref(), &opts)?
+    };
     println!("{:<40} {:<12} NOTE", "RUN", "STATE");
     let mut failed = 0;
     for o in &outcomes {

@@ -37,10 +37,13 @@ pub fn recipe(name: &str) -> Result<Recipe> {
         // The same 16 tokens from 64 px images in patches of 16: more pixels, coarser patches.
         "clip-p16" => clip(64, 16),
         // A Phi that reads a scene description in its context (see `super::lm`). Batch 16:
-        // more updates for the same tokens fit a CPU budget better.
+        // more updates for the same tokens fit a CPU budget better. Length groups of 4: 16%
+        // less time per step for the same text-context QA (0.625 vs 0.66, within the
+        // 200-question noise).
         "phi-tiny" => Recipe::Lm(LmPretrainOptions {
             batch: 16,
             steps: 1000,
+            length_groups: 4,
             ..Default::default()
         }),
         // Smoke-test sizes: build in seconds and learn little (tests, pipeline checks).

@@ -279,6 +279,8 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     let mut order_epoch = u64::MAX;
     let mut order: Vec<Vec<usize>> = vec![];
     let bar = progress(&stage, total, state.step);
+    let log_lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t_stage = std::time::Instant::now();
     let accum = opt.grad_accum as usize;
     let mut peak_device = 0f64;
     while state.step < total {
@@ -379,6 +381,14 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         }
         bar.set_position(s);
         bar.set_message(format!("loss {loss:.4}"));
+        // Without a terminal (logs, parallel sweep workers) the bar is hidden: a line every
+        // tenth of the stage instead.
+        if log_lines && (s % (total / 10).max(1) == 0 || s == total) {
+            eprintln!(
+                "{stage}: step {s}/{total} loss {loss:.4} ({:.0}s)",
+                t_stage.elapsed().as_secs_f64()
+            );
+        }
 
         let last = state.step == total;
         if (opt.eval_every > 0 && s % opt.eval_every == 0) || last {

@@ -10,7 +10,7 @@ use harness::model::checkpoint::{read_all_f32, Checkpoint};
 use harness::model::lora::LoraConfig;
 use harness::model::phi::{Phi, PhiConfig};
 use harness::model::tokenizer::Tokenizer;
-use harness::pretrain::lm::{pretrain_lm, Corpus, Doc, LmPretrainOptions, EOS};
+use harness::pretrain::lm::{pretrain_lm, step_docs, Corpus, Doc, LmPretrainOptions, EOS};
 
 fn values(t: Tensor<Compute, 3>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
@@ -107,6 +107,30 @@ fn pretrain_lm_round_trips_and_learns() {
     expect.extend(tok.encode(&ctx).unwrap());
     expect.extend(&seq.input_ids[slot.end..]);
     assert_eq!(conv.ids(&tok).unwrap(), expect);
+
+    // Length groups: the 4 steps of a group share one draw of 4 x 8 documents, cut by
+    // length into batches that do not overlap; without groups a step draws its own 8.
+    let g = LmPretrainOptions {
+        length_groups: 4,
+        ..o.clone()
+    };
+    let mut group: Vec<Vec<Vec<u32>>> = (0..4)
+        .map(|s| step_docs(&g, &template, &train, &tok, s).unwrap())
+        .collect();
+    assert!(group.iter().all(|b| b.len() == 8));
+    group.sort_by_key(|b| b.iter().map(Vec::len).min());
+    for w in group.windows(2) {
+        let longest = w[0].iter().map(Vec::len).max().unwrap();
+        assert!(longest <= w[1].iter().map(Vec::len).min().unwrap());
+    }
+    assert_ne!(
+        step_docs(&g, &template, &train, &tok, 4).unwrap(),
+        group[0],
+        "the next group draws anew"
+    );
+    let plain = step_docs(&o, &template, &train, &tok, 0).unwrap();
+    assert_eq!(plain.len(), 8);
+    assert_eq!(plain, step_docs(&o, &template, &train, &tok, 0).unwrap());
 
     // Reloaded logits equal the trained model's.
     let ids = conv.ids(&tok).unwrap();

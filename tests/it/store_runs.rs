@@ -262,7 +262,13 @@ fn sweep_reuses_shared_stage1_and_skips_completed_runs() {
     assert!(plan.contains("runs earlier in this sweep"), "{plan}");
     assert!(!results.exists(), "a dry run writes nothing");
 
-    succeed(harness(d.path(), &results).arg("sweep").arg(&a).arg(&b));
+    // One at a time (the parallel sweep has its own test).
+    succeed(
+        harness(d.path(), &results)
+            .args(["sweep", "--jobs", "1"])
+            .arg(&a)
+            .arg(&b),
+    );
     let store = Store::new(&results);
     let ids = store.run_ids().unwrap();
     assert_eq!(ids.len(), 2);
@@ -327,6 +333,71 @@ fn sweep_reuses_shared_stage1_and_skips_completed_runs() {
     assert!(
         show.status.success() && text.contains("lora_rank = 16"),
         "{text}"
+    );
+}
+
+#[test]
+fn parallel_sweep_runs_side_by_side_and_shares_stage1_with_the_first_listed() {
+    let d = tempfile::tempdir().unwrap();
+    let results = d.path().join("results");
+    // a and b share stage 1; c has its own. Each stage step sleeps, so the runs overlap.
+    let exp = |name: &str, depth: u32, rank: u32| {
+        format!(
+            "name = \"{name}\"\nseed = 1\n\n[model]\nvision = \"builtin:v\"\nlm = \"builtin:l\"\nprojector_depth = {depth}\n\n[stage1]\nmax_steps = 4\n[stage2]\nmax_steps = 2\nlora_rank = {rank}\n"
+        )
+    };
+    let files = [
+        write(d.path(), "a.toml", &exp("a", 2, 8)),
+        write(d.path(), "b.toml", &exp("b", 2, 16)),
+        write(d.path(), "c.toml", &exp("c", 1, 8)),
+    ];
+    let out = succeed(
+        harness(d.path(), &results)
+            .env("HARNESS_TEST_STEP_MS", "150")
+            .args(["sweep", "--jobs", "2"])
+            .args(&files),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let store = Store::new(&results);
+    assert_eq!(store.run_ids().unwrap().len(), 3, "{stdout}");
+    let (a, b, c) = (
+        store.resolve("a").unwrap(),
+        store.resolve("b").unwrap(),
+        store.resolve("c").unwrap(),
+    );
+    for id in [&a, &b, &c] {
+        assert_eq!(store.read_status(id).unwrap().state, State::Completed);
+        assert!(
+            stdout.contains(id.as_str()),
+            "the table lists {id}: {stdout}"
+        );
+    }
+    // The first listed run trained the shared stage; b reused it instead of training it.
+    let sb = store.read_status(&b).unwrap();
+    assert_eq!(sb.stages["stage1"].state, State::Reused);
+    assert_eq!(sb.stages["stage1"].run_id, a);
+    assert_eq!(
+        store.read_status(&c).unwrap().stages["stage1"].state,
+        State::Completed
+    );
+    // Children's output comes through, prefixed by the run's name.
+    assert!(
+        stderr.contains("[a] ") && stderr.contains("[c] "),
+        "{stderr}"
+    );
+    // a and c overlapped: each started before the other ended.
+    let (sa, sc) = (
+        store.read_status(&a).unwrap(),
+        store.read_status(&c).unwrap(),
+    );
+    assert!(
+        sa.started < sc.ended.clone().unwrap() && sc.started < sa.ended.clone().unwrap(),
+        "a {:?}..{:?}, c {:?}..{:?}",
+        sa.started,
+        sa.ended,
+        sc.started,
+        sc.ended
     );
 }
 

@@ -1,0 +1,278 @@
+//! Sweeps on several cores: each training process keeps about one core busy (the tiny
+//! models' matrices are too small to spread), so `sweep --jobs N` runs up to N child
+//! processes side by side: first the missing `builtin:` backbones (`harness pretrain
+//! builtin`), then the runs (`harness run FILE --resume`). Processes, not threads, because
+//! the backend's random generator is process-wide: two trainings in one process would draw
+//! their initial weights in an order that depends on timing. The children's output comes
+//! through line by line, prefixed with what it belongs to.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::plan::{Outcome, PlannedRun, RunOutcome, StageAction};
+use crate::store::{self, State, Store};
+
+/// Worker processes for `--jobs 0` (auto): one per core, at most one per run to train, and
+/// one for GPU experiments (they would share the device).
+pub fn auto_jobs(runs: &[PlannedRun]) -> usize {
+    let to_train = runs.iter().filter(|p| needs_training(p)).count();
+    let on_gpu = |p: &PlannedRun| match p.exp.exp.backend {
+        crate::config::BackendChoice::Cpu => false,
+        crate::config::BackendChoice::Cuda => true,
+        crate::config::BackendChoice::Auto => cfg!(feature = "cuda"),
+    };
+    if runs.iter().any(on_gpu) {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.min(to_train).max(1)
+}
+
+fn needs_training(p: &PlannedRun) -> bool {
+    p.stages
+        .iter()
+        .any(|s| matches!(s, StageAction::Run | StageAction::Resume))
+}
+
+/// A child process whose output is forwarded with a prefix.
+struct Worker {
+    child: Child,
+    forward: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn spawn(args: &[String], prefix: &str, results: &Path) -> Result<Worker> {
+    let exe = std::env::current_exe().context("finding the harness executable")?;
+    let mut child = Command::new(&exe)
+        .args(args)
+        // Its own process group: a Ctrl-C reaches the parent alone, which passes it on once
+        // (a second interrupt would make a child quit without its checkpoint).
+        .process_group(0)
+        .env("HARNESS_RESULTS", results)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+    let mut forward = Vec::new();
+    let out = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    for stream in [out, err].into_iter().flatten() {
+        let prefix = prefix.to_string();
+        forward.push(std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                // Progress-bar redraws arrive as carriage returns: keep the last state.
+                let line = line.rsplit('\r').next().unwrap_or("").trim_end();
+                if !line.is_empty() {
+                    eprintln!("[{prefix}] {line}");
+                }
+            }
+        }));
+    }
+    Ok(Worker { child, forward })
+}
+
+fn finish(mut w: Worker) -> bool {
+    let ok = w.child.wait().is_ok_and(|s| s.success());
+    for f in w.forward.drain(..) {
+        let _ = f.join();
+    }
+    ok
+}
+
+/// Runs `todo` (ids into some list) on up to `jobs` children made by `start`. `choose`
+/// picks the next item among those waiting (given those running), or none for now; returns
+/// each item's success.
+fn pool(
+    todo: Vec<usize>,
+    jobs: usize,
+    mut choose: impl FnMut(&[usize], &[usize]) -> Option<usize>,
+    mut start: impl FnMut(usize) -> Result<Worker>,
+) -> Vec<(usize, bool)> {
+    let mut waiting = todo;
+    let mut running: Vec<(usize, Worker)> = Vec::new();
+    let mut done = Vec::new();
+    let mut forwarded = false;
+    loop {
+        if store::interrupted() && !forwarded {
+            forwarded = true;
+            for (_, w) in &running {
+                // SAFETY: kill(2) on a child we spawned and have not reaped yet.
+                unsafe { libc::kill(w.child.id() as libc::pid_t, libc::SIGINT) };
+            }
+        }
+        while running.len() < jobs && !waiting.is_empty() && !store::interrupted() {
+            let active: Vec<usize> = running.iter().map(|(i, _)| *i).collect();
+            let Some(pick) = choose(&waiting, &active) else {
+                break;
+            };
+            let item = waiting.remove(pick);
+            match start(item) {
+                Ok(w) => running.push((item, w)),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    done.push((item, false));
+                }
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut i = 0;
+        while i < running.len() {
+            if matches!(running[i].1.child.try_wait(), Ok(Some(_))) {
+                let (item, w) = running.remove(i);
+                done.push((item, finish(w)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+    for (item, _) in waiting.into_iter().map(|i| (i, ())) {
+        done.push((item, false));
+    }
+    done
+}
+
+/// Builds the missing builtin backbones of `runs` side by side (language models first: the
+/// longest builds), one child process each.
+pub fn prepare_backbones(runs: &[PlannedRun], jobs: usize, results: &Path) -> Result<()> {
+    let mut todo: BTreeSet<(bool, String, PathBuf)> = BTreeSet::new();
+    for p in runs.iter().filter(|p| needs_training(p)) {
+        let e = &p.exp.exp;
+        for spec in [&e.model.lm, &e.model.vision] {
+            let Some(name) = spec.strip_prefix("builtin:") else {
+                continue;
+            };
+            let world = PathBuf::from(&e.data.coco_root);
+            // An unknown name or a missing world is left to the run, which reports it.
+            let (Ok(recipe), Ok(dir)) = (
+                crate::pretrain::builtin::recipe(name),
+                crate::pretrain::builtin::dir(name, &world),
+            ) else {
+                continue;
+            };
+            if !dir.join("config.json").exists() {
+                let is_lm = matches!(recipe, crate::pretrain::builtin::Recipe::Lm(_));
+                todo.insert((!is_lm, name.to_string(), world));
+            }
+        }
+    }
+    if todo.len() < 2 {
+        // Nothing to overlap: the first run builds it.
+        return Ok(());
+    }
+    let todo: Vec<(bool, String, PathBuf)> = todo.into_iter().collect();
+    eprintln!(
+        "building {} backbones, {} at a time: {}",
+        todo.len(),
+        jobs,
+        todo.iter()
+            .map(|(_, n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let done = pool(
+        (0..todo.len()).collect(),
+        jobs,
+        |_, _| Some(0),
+        |i| {
+            let (_, name, world) = &todo[i];
+            let args = vec![
+                "pretrain".into(),
+                "builtin".into(),
+                name.clone(),
+                "--world".into(),
+                world.display().to_string(),
+            ];
+            spawn(&args, name, results)
+        },
+    );
+    let failed: Vec<&str> = done
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(i, _)| todo[*i].1.as_str())
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty() || store::interrupted(),
+        "building builtin backbones failed: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// Runs the planned runs on up to `jobs` children (`harness run FILE --resume`). A run whose
+/// stage 1 a running child is still training waits until that stage completes (then reuses
+/// it), and a run without such a conflict goes first: no worker sits waiting for a shared
+/// stage, and the run listed first trains it, as in a sequential sweep. Outcomes are read
+/// back from the store.
+pub fn sweep(
+    store_: &Store,
+    runs: &[PlannedRun],
+    jobs: usize,
+    results: &Path,
+) -> Vec<Outcome> {
+    let todo: Vec<usize> = (0..runs.len()).collect();
+    let done = pool(
+        todo,
+        jobs,
+        |waiting, active| {
+            let busy: Vec<&str> = active
+                .iter()
+                .map(|&i| runs[i].keys.stage1.as_str())
+                .filter(|k| store_.completed_stage(k).is_none())
+                .collect();
+            waiting
+                .iter()
+                .position(|&i| !busy.contains(&runs[i].keys.stage1.as_str()))
+        },
+        |i| {
+            let p = &runs[i];
+            let args = vec![
+                "run".into(),
+                p.exp.path.display().to_string(),
+                "--resume".into(),
+            ];
+            spawn(&args, &p.exp.exp.name, results)
+        },
+    );
+    let mut out: Vec<(usize, Outcome)> = done
+        .into_iter()
+        .map(|(i, ok)| {
+            let p = &runs[i];
+            let status = store_.read_status(&p.run_id).ok();
+            let state = status.as_ref().map(|s| store_.effective_state(s));
+            let r = match state {
+                Some(State::Completed) if ok => Ok(RunOutcome {
+                    run_id: p.run_id.clone(),
+                    name: p.exp.exp.name.clone(),
+                    state: State::Completed,
+                    note: "completed".into(),
+                }),
+                s => Err((
+                    p.run_id.clone(),
+                    match (s, status.and_then(|s| s.error)) {
+                        (_, Some(e)) => e,
+                        (Some(s), None) => format!("run ended {s}"),
+                        (None, None) => "the run did not start".into(),
+                    },
+                )),
+            };
+            (i, r)
+        })
+        .collect();
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
