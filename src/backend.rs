@@ -1,5 +1,6 @@
 //! The compute backend chosen at build time: burn's pure-Rust `Flex` CPU backend by default,
-//! CUDA with the `cuda` feature (kernels fused and autotuned; libraries loaded at run time).
+//! CUDA with the `cuda` feature (libraries loaded at run time; `cuda-fused` adds burn's
+//! kernel fusion and autotuning).
 
 #[cfg(not(feature = "cuda"))]
 pub type Compute = burn::backend::Flex;
@@ -10,7 +11,9 @@ pub type Compute = burn::backend::Cuda;
 pub type Train = burn::backend::Autodiff<Compute>;
 
 /// Human-readable name of the compiled backend, recorded in provenance.
-pub const NAME: &str = if cfg!(feature = "cuda") {
+pub const NAME: &str = if cfg!(feature = "cuda-fused") {
+    "cuda-fused"
+} else if cfg!(feature = "cuda") {
     "cuda"
 } else {
     "cpu-flex"

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::plan::{Outcome, PlannedRun, RunOutcome, StageAction};
+use crate::provenance::CodeState;
 use crate::store::{self, State, Store};
 
 /// Worker processes for `--jobs 0` (auto): one per core, at most one per run to train, and
@@ -46,9 +47,13 @@ struct Worker {
     forward: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn spawn(args: &[String], prefix: &str, results: &Path) -> Result<Worker> {
+fn spawn(args: &[String], prefix: &str, results: &Path, code: Option<&Path>) -> Result<Worker> {
     let exe = std::env::current_exe().context("finding the harness executable")?;
-    let mut child = Command::new(&exe)
+    let mut cmd = Command::new(&exe);
+    if let Some(dir) = code {
+        cmd.env(crate::plan::CODE_STATE_ENV, dir);
+    }
+    let mut child = cmd
         .args(args)
         // Its own process group: a Ctrl-C reaches the parent alone, which passes it on once
         // (a second interrupt would make a child quit without its checkpoint).
@@ -140,9 +145,8 @@ fn pool(
             }
         }
     }
-    for (item, _) in waiting.into_iter().map(|i| (i, ())) {
-        done.push((item, false));
-    }
+    // Interrupted before these started.
+    done.extend(waiting.into_iter().map(|i| (i, false)));
     done
 }
 
@@ -197,7 +201,7 @@ pub fn prepare_backbones(runs: &[PlannedRun], jobs: usize, results: &Path) -> Re
                 "--world".into(),
                 world.display().to_string(),
             ];
-            spawn(&args, name, results)
+            spawn(&args, name, results, None)
         },
     );
     let failed: Vec<&str> = done
@@ -221,11 +225,30 @@ pub fn prepare_backbones(runs: &[PlannedRun], jobs: usize, results: &Path) -> Re
 pub fn sweep(
     store_: &Store,
     runs: &[PlannedRun],
+    code: &CodeState,
     jobs: usize,
     results: &Path,
+) -> Result<Vec<Outcome>> {
+    // The workers' runs carry this sweep's code state (their ids were planned with it).
+    let code_dir = results.join(format!(".sweep-{}", std::process::id()));
+    code.save(&code_dir)
+        .with_context(|| format!("writing the sweep's code state to {}", code_dir.display()))?;
+    let out = sweep_with(store_, runs, jobs, results, &code_dir);
+    let _ = std::fs::remove_dir_all(&code_dir);
+    Ok(out)
+}
+
+fn sweep_with(
+    store_: &Store,
+    runs: &[PlannedRun],
+    jobs: usize,
+    results: &Path,
+    code_dir: &Path,
 ) -> Vec<Outcome> {
-    let todo: Vec<usize> = (0..runs.len()).collect();
-    let done = pool(
+    // Completed runs need no process.
+    let completed = |p: &PlannedRun| p.existing == Some(State::Completed);
+    let todo: Vec<usize> = (0..runs.len()).filter(|&i| !completed(&runs[i])).collect();
+    let mut done = pool(
         todo,
         jobs,
         |waiting, active| {
@@ -245,13 +268,29 @@ pub fn sweep(
                 p.exp.path.display().to_string(),
                 "--resume".into(),
             ];
-            spawn(&args, &p.exp.exp.name, results)
+            spawn(&args, &p.exp.exp.name, results, Some(code_dir))
         },
+    );
+    done.extend(
+        (0..runs.len())
+            .filter(|&i| completed(&runs[i]))
+            .map(|i| (i, true)),
     );
     let mut out: Vec<(usize, Outcome)> = done
         .into_iter()
         .map(|(i, ok)| {
             let p = &runs[i];
+            if completed(p) {
+                return (
+                    i,
+                    Ok(RunOutcome {
+                        run_id: p.run_id.clone(),
+                        name: p.exp.exp.name.clone(),
+                        state: State::Completed,
+                        note: "skipped: already completed".into(),
+                    }),
+                );
+            }
             let status = store_.read_status(&p.run_id).ok();
             let state = status.as_ref().map(|s| store_.effective_state(s));
             let r = match state {

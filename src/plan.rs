@@ -467,7 +467,21 @@ pub fn code_dir() -> Result<PathBuf> {
     std::env::current_dir().context("cannot read the current folder")
 }
 
-/// Convenience for callers that only have a path.
+/// Where a parallel sweep's workers find the code state their parent read
+/// ([`crate::parallel`]): all its runs carry the state of the sweep's start, as in a
+/// sequential sweep, even when the tree changes while they run.
+pub const CODE_STATE_ENV: &str = "HARNESS_SWEEP_CODE_STATE";
+
+/// The code state of the current folder (or the one a parallel sweep passed down).
 pub fn code_state_here() -> CodeState {
+    if let Some(dir) = std::env::var_os(CODE_STATE_ENV) {
+        match CodeState::load(Path::new(&dir)) {
+            Ok(s) => return s,
+            Err(e) => eprintln!(
+                "warning: {CODE_STATE_ENV}={}: {e:#}; reading the code state here",
+                Path::new(&dir).display()
+            ),
+        }
+    }
     crate::provenance::code_state(&code_dir().unwrap_or_else(|_| Path::new(".").into()))
 }

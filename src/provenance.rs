@@ -47,6 +47,20 @@ impl CodeState {
         }
     }
 
+    /// Writes `code.json` and `diff.patch` into `dir`, for [`CodeState::load`].
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        crate::fsutil::write_atomic(&dir.join("code.json"), &serde_json::to_vec_pretty(self)?)?;
+        crate::fsutil::write_atomic(&dir.join("diff.patch"), &self.diff)
+    }
+
+    /// What [`CodeState::save`] wrote.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let mut s: CodeState = crate::fsutil::read_json(&dir.join("code.json"))?;
+        s.diff = std::fs::read(dir.join("diff.patch"))?;
+        Ok(s)
+    }
+
     fn no_git() -> Self {
         CodeState {
             commit: NO_GIT.into(),

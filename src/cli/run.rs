@@ -100,7 +100,7 @@ fn go(
         if runner.needs_inputs() {
             crate::parallel::prepare_backbones(&planned, jobs, results)?;
         }
-        crate::parallel::sweep(&store, &planned, jobs, results)
+        crate::parallel::sweep(&store, &planned, &code, jobs, results)?
     } else {
         plan::sweep(&store, files, &code, runner.as_ref(), &opts)?
     };

@@ -381,11 +381,18 @@ fn parallel_sweep_runs_side_by_side_and_shares_stage1_with_the_first_listed() {
         store.read_status(&c).unwrap().stages["stage1"].state,
         State::Completed
     );
-    // Children's output comes through, prefixed by the run's name.
+    // Children's output comes through, prefixed by the run's name; they took the parent's
+    // code state (the run ids it planned), and its hand-over folder is gone.
     assert!(
         stderr.contains("[a] ") && stderr.contains("[c] "),
         "{stderr}"
     );
+    assert!(!stderr.contains("HARNESS_SWEEP_CODE_STATE"), "{stderr}");
+    assert!(std::fs::read_dir(&results).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".sweep")));
     // a and c overlapped: each started before the other ended.
     let (sa, sc) = (
         store.read_status(&a).unwrap(),
@@ -399,6 +406,26 @@ fn parallel_sweep_runs_side_by_side_and_shares_stage1_with_the_first_listed() {
         sc.started,
         sc.ended
     );
+
+    // Again with one more experiment: the three completed runs are skipped without a
+    // process, and the new one reuses c's stage 1.
+    let more = write(d.path(), "d.toml", &exp("d", 1, 16));
+    let out = succeed(
+        harness(d.path(), &results)
+            .args(["sweep", "--jobs", "2"])
+            .args(&files)
+            .arg(&more),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("skipped: already completed").count(),
+        3,
+        "{stdout}"
+    );
+    let sd = store.read_status(&store.resolve("d").unwrap()).unwrap();
+    assert_eq!(sd.state, State::Completed);
+    assert_eq!(sd.stages["stage1"].state, State::Reused);
+    assert_eq!(sd.stages["stage1"].run_id, c);
 }
 
 #[test]
