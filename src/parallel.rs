@@ -150,8 +150,8 @@ fn pool(
     done
 }
 
-/// Builds the missing builtin backbones of `runs` side by side (language models first: the
-/// longest builds), one child process each.
+/// Builds the missing builtin backbones of `runs` before any run starts, side by side
+/// (language models first: the longest builds), one child process each.
 pub fn prepare_backbones(runs: &[PlannedRun], jobs: usize, results: &Path) -> Result<()> {
     let mut todo: BTreeSet<(bool, String, PathBuf)> = BTreeSet::new();
     for p in runs.iter().filter(|p| needs_training(p)) {
@@ -174,10 +174,11 @@ pub fn prepare_backbones(runs: &[PlannedRun], jobs: usize, results: &Path) -> Re
             }
         }
     }
-    if todo.len() < 2 {
-        // Nothing to overlap: the first run builds it.
+    if todo.is_empty() {
         return Ok(());
     }
+    // Even one missing backbone is built here, once: workers starting together would each
+    // build it.
     let todo: Vec<(bool, String, PathBuf)> = todo.into_iter().collect();
     eprintln!(
         "building {} backbones, {} at a time: {}",

@@ -38,8 +38,8 @@ pub fn recipe(name: &str) -> Result<Recipe> {
         "clip-p16" => clip(64, 16),
         // A Phi that reads a scene description in its context (see `super::lm`). Batch 16:
         // more updates for the same tokens fit a CPU budget better. Length groups of 4: 16%
-        // less time per step for the same text-context QA (0.625 vs 0.66, within the
-        // 200-question noise).
+        // less time per step; text-context QA 0.625 against 0.66 without, inside the spread
+        // across seeds (0.625-0.67, STATUS.md).
         "phi-tiny" => Recipe::Lm(LmPretrainOptions {
             batch: 16,
             steps: 1000,

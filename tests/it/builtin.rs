@@ -98,6 +98,36 @@ fn builtin_backbones_are_built_once_and_reused() {
 }
 
 #[test]
+fn parallel_sweep_builds_each_backbone_once_before_the_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (results, cache) = (tmp.path().join("results"), tmp.path().join("cache"));
+    world(&tmp.path().join("synth"), 4);
+    let (a, b) = (exp(tmp.path(), "a", 0), exp(tmp.path(), "b", 1));
+    let out = succeed(
+        harness_train(tmp.path(), &results, &cache)
+            .args(["sweep", "--jobs", "2"])
+            .arg(&a)
+            .arg(&b),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Both backbones were built by their own workers, the LM listed first, and neither
+    // run built one again.
+    assert!(
+        err.contains("building 2 backbones, 2 at a time: phi-micro, clip-micro"),
+        "{err}"
+    );
+    assert_eq!(err.matches("not cached").count(), 2, "{err}");
+    assert!(
+        err.contains("[phi-micro] builtin:phi-micro: not cached"),
+        "{err}"
+    );
+    let built = backbones(&cache);
+    assert_eq!(built.len(), 2, "{built:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches(" completed ").count(), 2, "{stdout}");
+}
+
+#[test]
 fn builtin_keys_follow_recipe_and_world() {
     let tmp = tempfile::tempdir().unwrap();
     let (w1, w2) = (tmp.path().join("w1"), tmp.path().join("w2"));
