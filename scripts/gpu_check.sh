@@ -25,9 +25,8 @@ done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$bin" --version || exit 1
 export HARNESS_RESULTS="$work/results" HARNESS_CACHE="$work/cache"
-# First GPU session (BENCHMARKS.md): kernel JIT and autotuning took 97-229 s in the first
-# step and 32 s in the second (a new sequence length). Minimal autotuning is the first thing
-# to try; set CUBECL_AUTOTUNE_LEVEL=balanced to compare with cubecl's default.
+# Only the `cuda-fused` build autotunes (BENCHMARKS.md: 97-229 s first steps); minimal
+# autotuning keeps its check short. The `cuda` build has no fusion or autotuning.
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 
 # A shorter check: BENCH_CONFIGS="benches/small.toml" BENCH_STAGES=1 DTYPES=f32.
