@@ -160,14 +160,7 @@ fn named_adapters<B: Backend>(a: &PhiAdapters<B>) -> Vec<(String, &Option<LoraAd
     let mut out = vec![];
     for (i, l) in a.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        for (name, ad) in [
-            ("self_attn.q_proj", &l.q_proj),
-            ("self_attn.k_proj", &l.k_proj),
-            ("self_attn.v_proj", &l.v_proj),
-            ("self_attn.dense", &l.dense),
-            ("mlp.fc1", &l.fc1),
-            ("mlp.fc2", &l.fc2),
-        ] {
+        for (name, ad) in l.slots() {
             out.push((format!("{p}.{name}"), ad));
         }
     }
@@ -208,14 +201,7 @@ fn layer_linears_mut<B: Backend>(lm: &mut Phi<B>) -> Vec<(String, &mut LoraLinea
     let mut out = vec![];
     for (i, l) in lm.layers.iter_mut().enumerate() {
         let p = format!("model.layers.{i}");
-        for (name, lin) in [
-            ("self_attn.q_proj", &mut l.q_proj),
-            ("self_attn.k_proj", &mut l.k_proj),
-            ("self_attn.v_proj", &mut l.v_proj),
-            ("self_attn.dense", &mut l.dense),
-            ("mlp.fc1", &mut l.fc1),
-            ("mlp.fc2", &mut l.fc2),
-        ] {
+        for (name, lin) in l.linears_mut() {
             out.push((format!("{p}.{name}"), lin));
         }
     }

@@ -341,6 +341,33 @@ impl<B: Backend> Rope<B> {
     }
 }
 
+impl<B: Backend> PhiLayer<B> {
+    /// The six linears (the LoRA targets) with their module names below the layer, as HF
+    /// and peft name them: the one list every walk over them uses.
+    pub fn linears(&self) -> [(&'static str, &LoraLinear<B>); 6] {
+        [
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.dense", &self.dense),
+            ("mlp.fc1", &self.fc1),
+            ("mlp.fc2", &self.fc2),
+        ]
+    }
+
+    /// [`Self::linears`], mutable.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut LoraLinear<B>); 6] {
+        [
+            ("self_attn.q_proj", &mut self.q_proj),
+            ("self_attn.k_proj", &mut self.k_proj),
+            ("self_attn.v_proj", &mut self.v_proj),
+            ("self_attn.dense", &mut self.dense),
+            ("mlp.fc1", &mut self.fc1),
+            ("mlp.fc2", &mut self.fc2),
+        ]
+    }
+}
+
 impl<B: QLoraBackend> PhiLayer<B> {
     fn forward(
         &self,
@@ -484,14 +511,7 @@ impl<B: Backend> Phi<B> {
         );
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            for (name, lin) in [
-                ("self_attn.q_proj", &l.q_proj),
-                ("self_attn.k_proj", &l.k_proj),
-                ("self_attn.v_proj", &l.v_proj),
-                ("self_attn.dense", &l.dense),
-                ("mlp.fc1", &l.fc1),
-                ("mlp.fc2", &l.fc2),
-            ] {
+            for (name, lin) in l.linears() {
                 let w = lin.base.weight(&dev, burn::tensor::DType::F32);
                 o.linear_parts(&format!("{p}.{name}"), w, lin.base.bias());
             }
@@ -506,11 +526,9 @@ impl<B: Backend> Phi<B> {
     /// `PhiForCausalLM` layout, loadable by [`Self::from_dir`] and by transformers.
     pub fn save_hf(&self, cfg: &PhiConfig, dir: &Path) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.layers.iter().all(
-                |l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.dense, &l.fc1, &l.fc2]
-                    .iter()
-                    .all(|x| x.lora.is_none())
-            ),
+            self.layers
+                .iter()
+                .all(|l| l.linears().iter().all(|(_, x)| x.lora.is_none())),
             "saving a Phi with LoRA adapters would drop them (merge or export them instead)"
         );
         super::checkpoint::save_hf_folder(dir, &self.hf_tensors(), &cfg.to_hf_json())
@@ -520,14 +538,7 @@ impl<B: Backend> Phi<B> {
     pub fn freeze_base(self) -> Self {
         let mut m = self.no_grad();
         for l in &mut m.layers {
-            for lin in [
-                &mut l.q_proj,
-                &mut l.k_proj,
-                &mut l.v_proj,
-                &mut l.dense,
-                &mut l.fc1,
-                &mut l.fc2,
-            ] {
+            for (_, lin) in l.linears_mut() {
                 lin.lora = lin.lora.take().map(|a| a.trainable());
             }
         }
@@ -692,6 +703,32 @@ pub struct LayerAdapters<B: Backend> {
     pub fc2: Option<LoraAdapter<B>>,
 }
 
+impl<B: Backend> LayerAdapters<B> {
+    /// The adapter slots with their module names, in [`PhiLayer::linears`]' order.
+    pub fn slots(&self) -> [(&'static str, &Option<LoraAdapter<B>>); 6] {
+        [
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.dense", &self.dense),
+            ("mlp.fc1", &self.fc1),
+            ("mlp.fc2", &self.fc2),
+        ]
+    }
+
+    /// [`Self::slots`], mutable.
+    pub fn slots_mut(&mut self) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
+        [
+            ("self_attn.q_proj", &mut self.q_proj),
+            ("self_attn.k_proj", &mut self.k_proj),
+            ("self_attn.v_proj", &mut self.v_proj),
+            ("self_attn.dense", &mut self.dense),
+            ("mlp.fc1", &mut self.fc1),
+            ("mlp.fc2", &mut self.fc2),
+        ]
+    }
+}
+
 /// Every adapter of a model, apart from the frozen base: what stage-2 checkpoints save.
 #[derive(Module, Debug)]
 pub struct PhiAdapters<B: Backend> {
@@ -734,8 +771,8 @@ impl<B: Backend> Phi<B> {
     pub fn base_linear_bytes(&self) -> usize {
         self.layers
             .iter()
-            .flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.dense, &l.fc1, &l.fc2])
-            .map(|x| x.base.memory_bytes())
+            .flat_map(|l| l.linears())
+            .map(|(_, x)| x.base.memory_bytes())
             .sum()
     }
 }

@@ -8,9 +8,9 @@ use burn::prelude::*;
 use harness::backend::Train;
 use harness::data::batch::LlavaBatch;
 use harness::model::checkpoint::{read_all_f32, Checkpoint};
-use harness::model::lora::{LoraAdapter, LoraConfig, LoraLinear};
+use harness::model::lora::{LoraAdapter, LoraConfig};
 use harness::model::nf4::Nf4Config;
-use harness::model::phi::{LayerAdapters, Phi, PhiConfig, PhiLayer};
+use harness::model::phi::{Phi, PhiConfig};
 use harness::model::projector::{Projector, ProjectorConfig};
 use harness::train::{forward, grads, loss::masked_lm_loss};
 
@@ -141,31 +141,6 @@ fn stage1_step_matches_pytorch() {
     );
 }
 
-/// Phi's LoRA targets of one layer with their module paths (peft's names) below the layer.
-fn layer_linears<B: Backend>(l: &PhiLayer<B>) -> [(&'static str, &LoraLinear<B>); 6] {
-    [
-        ("self_attn.q_proj", &l.q_proj),
-        ("self_attn.k_proj", &l.k_proj),
-        ("self_attn.v_proj", &l.v_proj),
-        ("self_attn.dense", &l.dense),
-        ("mlp.fc1", &l.fc1),
-        ("mlp.fc2", &l.fc2),
-    ]
-}
-
-fn adapter_slots<B: Backend>(
-    l: &mut LayerAdapters<B>,
-) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
-    [
-        ("self_attn.q_proj", &mut l.q_proj),
-        ("self_attn.k_proj", &mut l.k_proj),
-        ("self_attn.v_proj", &mut l.v_proj),
-        ("self_attn.dense", &mut l.dense),
-        ("mlp.fc1", &mut l.fc1),
-        ("mlp.fc2", &mut l.fc2),
-    ]
-}
-
 /// One stage-2 step as `train::run_stage` takes it (one micro-batch): forward, masked loss,
 /// backward, the projector's and the adapters' gradients split, one global norm over both for
 /// clipping, then each through its own AdamW with its own learning rate. The reference is
@@ -214,7 +189,7 @@ fn stage2_step(case: &str) {
     // The NF4 base dequantizes to bitwise what bitsandbytes' round trip gave the reference.
     if lora.quant.is_some() {
         for (i, layer) in lm.layers.iter().enumerate() {
-            for (name, lin) in layer_linears(layer) {
+            for (name, lin) in layer.linears() {
                 let q = lin
                     .base
                     .nf4()
@@ -237,7 +212,7 @@ fn stage2_step(case: &str) {
     // The reference's adapters (seeded random A and B), then everything else frozen.
     let mut adapters = lm.adapters();
     for (i, layer) in adapters.layers.iter_mut().enumerate() {
-        for (name, slot) in adapter_slots(layer) {
+        for (name, slot) in layer.slots_mut() {
             let key = format!("lora.model.layers.{i}.{name}");
             let (sa, a) = &refs[&format!("{key}.A")];
             let (sb, b) = &refs[&format!("{key}.B")];
@@ -363,7 +338,7 @@ fn stage2_step(case: &str) {
         ),
     ];
     for (i, layer) in after_l.layers.iter().enumerate() {
-        for (name, lin) in layer_linears(layer) {
+        for (name, lin) in layer.linears() {
             let (a, b) = lin.lora.as_ref().unwrap().to_peft();
             pairs.push((format!("lora.model.layers.{i}.{name}.A"), a));
             pairs.push((format!("lora.model.layers.{i}.{name}.B"), b));
