@@ -85,9 +85,21 @@ impl Activation {
         match self {
             Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Self::Gelu => activation::gelu(x),
-            Self::GeluTanh => activation::gelu_approximate(x),
+            Self::GeluTanh => gelu_tanh(x),
         }
     }
+}
+
+/// `gelu_new`: `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed as
+/// the identical `x * sigmoid(2u)`. burn's `gelu_approximate` takes `powf` and `tanh`, both
+/// scalar libm calls on the CPU backend, and autodiff records eight ops; here five
+/// elementwise ops and one fused sigmoid (forward and backward).
+pub(crate) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    // 2 sqrt(2/pi) and 2 sqrt(2/pi) 0.044715.
+    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    const B3: f64 = A * 0.044715;
+    let inner = x.clone() * (x.clone() * x.clone() * B3 + A);
+    x * activation::sigmoid(inner)
 }
 
 /// Multi-head scaled dot-product attention on `[batch, heads, tokens, head_dim]` tensors.
@@ -99,12 +111,40 @@ pub(crate) fn attention<B: Backend>(
     v: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, burn::tensor::Bool>>,
 ) -> Tensor<B, 4> {
+    let [b, h, t, _] = q.dims();
+    let s = k.dims()[2];
+    let bias = mask.map(|m| mask_bias(m, [b, h, t, s], q.dtype()));
+    attention_biased(q, k, v, bias)
+}
+
+/// The additive form of an attention mask (true = forbidden), materialised at the scores'
+/// full shape `[batch, heads, q, k]`: `-1e30` where forbidden, 0 elsewhere. Adding it gives
+/// the same softmax as filling the scores (a real score vanishes beside -1e30 in f32 and in
+/// bf16, and a fully masked row stays uniform), and at the full shape the add is a plain
+/// contiguous one: on the CPU backend a broadcast over heads, or a masked fill, walks the
+/// scores element by element, forward and again backward. A model builds it once per
+/// forward for all its layers.
+pub(crate) fn mask_bias<B: Backend>(
+    mask: Tensor<B, 4, burn::tensor::Bool>,
+    shape: [usize; 4],
+    dtype: burn::tensor::DType,
+) -> Tensor<B, 4> {
+    Tensor::<B, 4>::zeros(shape, &mask.device())
+        .cast(dtype)
+        .mask_fill(mask.expand(shape), -1.0e30)
+}
+
+/// [`attention`] with the mask already in [`mask_bias`] form.
+pub(crate) fn attention_biased<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
     let head_dim = q.dims()[3];
     let mut scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5);
-    if let Some(mask) = mask {
-        // Finite so it survives bf16; far below any real score.
-        let mask = mask.expand(scores.dims());
-        scores = scores.mask_fill(mask, -1.0e30);
+    if let Some(bias) = bias {
+        scores = scores + bias;
     }
     // Softmax in f32 as HF does (`softmax(..., dtype=float32)`), whatever the compute dtype.
     let dtype = scores.dtype();
@@ -114,4 +154,46 @@ pub(crate) fn attention<B: Backend>(
         activation::softmax(scores.cast(burn::tensor::DType::F32), 3).cast(dtype)
     };
     probs.matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Compute;
+    use burn::tensor::{Bool, Distribution, TensorData};
+
+    #[test]
+    fn gelu_tanh_is_the_tanh_formula() {
+        let dev = Default::default();
+        let x = Tensor::<Compute, 2>::random([16, 64], Distribution::Normal(0.0, 3.0), &dev);
+        let want = activation::gelu_approximate(x.clone());
+        let diff: f32 = (gelu_tanh(x) - want).abs().max().into_scalar();
+        assert!(diff < 2e-6, "{diff}");
+    }
+
+    #[test]
+    fn mask_bias_gives_the_masked_softmax_and_uniform_fully_masked_rows() {
+        let dev = Default::default();
+        let r = |s: [usize; 4]| Tensor::<Compute, 4>::random(s, Distribution::Default, &dev);
+        let (q, k, v) = (r([2, 3, 4, 5]), r([2, 3, 4, 5]), r([2, 3, 4, 5]));
+        // Row 1 of batch 0 may attend to nothing; otherwise key j > query i is forbidden.
+        let m: Vec<bool> = (0..2 * 4 * 4)
+            .map(|n| {
+                let (b, i, j) = (n / 16, (n / 4) % 4, n % 4);
+                j > i || (b == 0 && i == 1)
+            })
+            .collect();
+        let mask = Tensor::<Compute, 4, Bool>::from_data(TensorData::new(m, [2, 1, 4, 4]), &dev);
+        let got = attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()));
+        let scores = q.matmul(k.swap_dims(2, 3)) / (5f64).sqrt();
+        let probs = activation::softmax(scores.mask_fill(mask.expand([2, 3, 4, 4]), -1e30), 3);
+        let want = probs.matmul(v.clone());
+        let diff: f32 = (got.clone() - want).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
+        // The fully masked row averages every value.
+        let row = got.slice([0..1, 0..3, 1..2, 0..5]);
+        let mean = v.slice([0..1, 0..3, 0..4, 0..5]).mean_dim(2);
+        let diff: f32 = (row - mean).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
-use super::{attention, Activation};
+use super::{attention_biased, mask_bias, Activation};
 
 /// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
 /// the top level (the microsoft/phi-2 file) or from `rope_parameters` (current transformers).
@@ -283,15 +283,21 @@ pub struct PhiLayer<B: Backend> {
     pub act: Activation,
 }
 
-/// cos and sin for the rotary dims, `[1, 1, tokens, rotary_dim]` (HF `PhiRotaryEmbedding`).
+/// cos and sin over whole heads (HF `PhiRotaryEmbedding` for the rotary dims; 1 and 0 for
+/// the dims passed through), one row `[1, tokens * heads * head_dim]` per head count, for
+/// `[b, t, heads, hd]` flattened to `[b, t * heads * hd]`: a row shared by the batch is the
+/// broadcast the CPU backend runs as a SIMD loop (a `[1, t, 1, hd]` one it walks element by
+/// element).
 struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    /// `(heads, cos, sin)`: Phi's query and key head counts differ with grouped queries.
+    rows: Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>,
+    rotary_dim: usize,
 }
 
 impl<B: Backend> Rope<B> {
     fn new(
-        rotary_dim: usize,
+        (rotary_dim, head_dim): (usize, usize),
+        head_counts: &[usize],
         theta: f64,
         (start, len): (usize, usize),
         device: &B::Device,
@@ -302,42 +308,60 @@ impl<B: Backend> Rope<B> {
         let inv: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(len * rotary_dim);
-        let mut sin = Vec::with_capacity(len * rotary_dim);
-        for p in start..start + len {
-            for j in 0..rotary_dim {
-                let a = p as f32 * inv[j % half];
-                cos.push(a.cos());
-                sin.push(a.sin());
+        let mut rows = Vec::new();
+        for &h in head_counts {
+            if rows.iter().any(|(n, _, _)| *n == h) {
+                continue;
             }
+            let n = len * h * head_dim;
+            let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for p in start..start + len {
+                for _ in 0..h {
+                    for j in 0..head_dim {
+                        let (c, s) = if j < rotary_dim {
+                            let a = p as f32 * inv[j % half];
+                            (a.cos(), a.sin())
+                        } else {
+                            (1.0, 0.0)
+                        };
+                        cos.push(c);
+                        sin.push(s);
+                    }
+                }
+            }
+            // Computed in f32 like HF, then stored in the model's dtype (bf16 on GPU).
+            let t = |v: Vec<f32>| {
+                Tensor::<B, 2>::from_data(TensorData::new(v, [1, n]), (device, dtype))
+            };
+            rows.push((h, t(cos), t(sin)));
         }
-        // Computed in f32 like HF, then stored in the model's dtype (bf16 on GPU).
-        let t = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, rotary_dim]), (device, dtype))
-        };
-        Self {
-            cos: t(cos),
-            sin: t(sin),
-        }
+        Self { rows, rotary_dim }
     }
 
-    /// Rotates the first `rotary_dim` dims of `[b, h, t, head_dim]`, NeoX layout.
+    /// Rotates the first `rotary_dim` dims of `[b, t, h, head_dim]`, NeoX layout:
+    /// `x cos + rotate_half(x) sin` over whole heads, the passed-through dims having cos 1
+    /// and sin 0 (so they come out exactly as they went in).
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, t, hd] = x.dims();
-        let r = self.cos.dims()[3];
+        let [b, t, h, hd] = x.dims();
+        let r = self.rotary_dim;
         if r == 0 {
             return x;
         }
-        let rot = x.clone().slice([0..b, 0..h, 0..t, 0..r]);
-        let x1 = rot.clone().slice([0..b, 0..h, 0..t, 0..r / 2]);
-        let x2 = rot.clone().slice([0..b, 0..h, 0..t, r / 2..r]);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let rot = rot * self.cos.clone() + rotated * self.sin.clone();
-        if r == hd {
-            rot
-        } else {
-            Tensor::cat(vec![rot, x.slice([0..b, 0..h, 0..t, r..hd])], 3)
+        let (_, cos, sin) = self
+            .rows
+            .iter()
+            .find(|(n, _, _)| *n == h)
+            .expect("rope rows built for every head count");
+        let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..r / 2]);
+        let x2 = x.clone().slice([0..b, 0..t, 0..h, r / 2..r]);
+        let mut halves = vec![x2.neg(), x1];
+        if r < hd {
+            // Multiplied by sin = 0: any finite values do.
+            halves.push(Tensor::<B, 4>::zeros([b, t, h, hd - r], &x.device()).cast(x.dtype()));
         }
+        let flat = |y: Tensor<B, 4>| y.reshape([b, t * h * hd]);
+        let rotated = flat(Tensor::cat(halves, 3));
+        (flat(x) * cos.clone() + rotated * sin.clone()).reshape([b, t, h, hd])
     }
 }
 
@@ -373,11 +397,11 @@ impl<B: QLoraBackend> PhiLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
-        mask: Option<Tensor<B, 4, Bool>>,
+        bias: Option<Tensor<B, 4>>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone());
-        let a = self.attn(h.clone(), rope, mask, cache);
+        let a = self.attn(h.clone(), rope, bias, cache);
         let m = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
         a + m + x
     }
@@ -386,15 +410,20 @@ impl<B: QLoraBackend> PhiLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
-        mask: Option<Tensor<B, 4, Bool>>,
+        bias: Option<Tensor<B, 4>>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let hd = d / self.num_heads;
-        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
-        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
-        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        // `[b, t, heads, hd]`, rotated in that layout, then `[b, heads, t, hd]`.
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]);
+        let q = rope
+            .apply(heads(self.q_proj.forward(x.clone()), self.num_heads))
+            .swap_dims(1, 2);
+        let mut k = rope
+            .apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads))
+            .swap_dims(1, 2);
+        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads).swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -403,7 +432,9 @@ impl<B: QLoraBackend> PhiLayer<B> {
             *slot = Some((k.clone(), v.clone()));
         }
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let o = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, d]);
+        let o = attention_biased(q, k, v, bias)
+            .swap_dims(1, 2)
+            .reshape([b, t, d]);
         self.dense.forward(o)
     }
 
@@ -574,21 +605,30 @@ impl<B: QLoraBackend> Phi<B> {
         mask: Option<Tensor<B, 2, Bool>>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let [b, t, _] = embeds.dims();
+        let [b, t, d] = embeds.dims();
         let device = embeds.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
+        let head_dim = d / self.layers.first().map_or(1, |l| l.num_heads);
+        let head_counts: Vec<usize> = self
+            .layers
+            .iter()
+            .flat_map(|l| [l.num_heads, l.num_kv_heads])
+            .collect();
         let rope = Rope::new(
-            self.rotary_dim,
+            (self.rotary_dim, head_dim),
+            &head_counts,
             self.rope_theta,
             (past, t),
             &device,
             embeds.dtype(),
         );
-        let mask = attention_mask(b, t, past, mask, &device);
+        let heads = self.layers.first().map_or(1, |l| l.num_heads);
+        let bias = attention_mask(b, t, past, mask, &device)
+            .map(|m| mask_bias(m, [b, heads, t, past + t], embeds.dtype()));
         let mut x = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, mask.clone(), slot);
+            x = layer.forward(x, &rope, bias.clone(), slot);
         }
         self.lm_head.forward(self.final_layernorm.forward(x))
     }
