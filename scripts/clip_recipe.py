@@ -6,13 +6,14 @@ Then a check of what the tower learned about shape: an MLP probe on the frozen p
 features (layer -2, what the stages read) predicting which kinds are in the picture.
 
     python scripts/clip_recipe.py WORLD CLIP_DIR OUT [--steps 300 --batch 128 --lr 1e-3
-        --group none|colors --objective infonce|kinds --size S --patch P]
+        --group none|colors --objective infonce|kinds|both --size S --patch P]
 
 CLIP_DIR: a `builtin:clip-*` build, for its config and preprocessor (--size/--patch override
 them). --group colors builds each batch from groups of images with the same background and
 colours, so only kinds, sizes and places tell them apart (hard negatives). --objective kinds
 trains the tower supervised on kind presence instead (is shape learnable at all at this
-size?). OUT gets the tower in the HF layout, readable by scripts/stage_recipe.py.
+size?); `both` adds that loss to InfoNCE (a tower that must keep colour and shape). OUT gets
+the tower in the HF layout, readable by scripts/stage_recipe.py.
 """
 import argparse, json, math, os, random, re, time
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -89,6 +90,8 @@ scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 params = [*vision.parameters(), *text.parameters(), *vp.parameters(), *tp.parameters(), scale]
 if a.objective == "kinds":
     params = [*vision.parameters(), *head.parameters()]
+elif a.objective == "both":
+    params += [*head.parameters()]
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.05)
 warm = max(1, int(0.05 * a.steps))
 groups = {}
@@ -123,6 +126,8 @@ for step in range(a.steps):
         logits = scale.clamp(max=math.log(100)).exp() * img @ txt.T
         lab = torch.arange(len(idx))
         loss = (F.cross_entropy(logits, lab) + F.cross_entropy(logits.T, lab)) / 2
+        if a.objective == "both":
+            loss = loss + F.binary_cross_entropy_with_logits(head(pooled), kinds[idx])
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
     if step % 100 == 0 or step == a.steps - 1:
         print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
@@ -138,7 +143,7 @@ res = {"objective": a.objective, "group": a.group, "steps": a.steps, "size": cfg
        "patch": cfg.patch_size, "train_images": len(caps), "final_loss": round(loss.item(), 3),
        "seconds": round(time.time() - t0), "kind_base_rate": round(1 - vkinds.mean().item(), 3)}
 with torch.no_grad():
-    if a.objective == "kinds":
+    if a.objective in ("kinds", "both"):
         res["kind_presence_val"] = acc(head(vision(pixel_values=vpx).pooler_output), vkinds)
     feat = lambda x: torch.cat([vision(pixel_values=x[i:i + 256], output_hidden_states=True)
                                 .hidden_states[-2][:, 1:].flatten(1) for i in range(0, len(x), 256)])
