@@ -122,8 +122,8 @@ pub(crate) fn attention<B: Backend>(
 /// the same softmax as filling the scores (a real score vanishes beside -1e30 in f32 and in
 /// bf16, and a fully masked row stays uniform), and at the full shape the add is a plain
 /// contiguous one: on the CPU backend a broadcast over heads, or a masked fill, walks the
-/// scores element by element, forward and again backward. A model builds it once per
-/// forward for all its layers.
+/// scores element by element, forward and again backward. Phi builds it once per forward
+/// for all its layers; [`attention`] builds it per call.
 pub(crate) fn mask_bias<B: Backend>(
     mask: Tensor<B, 4, burn::tensor::Bool>,
     shape: [usize; 4],

@@ -315,18 +315,16 @@ impl<B: Backend> Rope<B> {
             }
             let n = len * h * head_dim;
             let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            // One head's values per position, repeated for every head.
+            let (mut c, mut s) = (vec![1.0f32; head_dim], vec![0.0f32; head_dim]);
             for p in start..start + len {
+                for j in 0..rotary_dim {
+                    let a = p as f32 * inv[j % half];
+                    (c[j], s[j]) = (a.cos(), a.sin());
+                }
                 for _ in 0..h {
-                    for j in 0..head_dim {
-                        let (c, s) = if j < rotary_dim {
-                            let a = p as f32 * inv[j % half];
-                            (a.cos(), a.sin())
-                        } else {
-                            (1.0, 0.0)
-                        };
-                        cos.push(c);
-                        sin.push(s);
-                    }
+                    cos.extend_from_slice(&c);
+                    sin.extend_from_slice(&s);
                 }
             }
             // Computed in f32 like HF, then stored in the model's dtype (bf16 on GPU).
@@ -365,29 +363,42 @@ impl<B: Backend> Rope<B> {
     }
 }
 
+/// The six linears of a layer (the LoRA targets) as HF and peft name them below the layer,
+/// in the order [`PhiLayer::linears`] and [`LayerAdapters::slots`] list them.
+pub const LINEAR_NAMES: [&str; 6] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.dense",
+    "mlp.fc1",
+    "mlp.fc2",
+];
+
 impl<B: Backend> PhiLayer<B> {
     /// The six linears (the LoRA targets) with their module names below the layer, as HF
     /// and peft name them: the one list every walk over them uses.
     pub fn linears(&self) -> [(&'static str, &LoraLinear<B>); 6] {
+        let n = LINEAR_NAMES;
         [
-            ("self_attn.q_proj", &self.q_proj),
-            ("self_attn.k_proj", &self.k_proj),
-            ("self_attn.v_proj", &self.v_proj),
-            ("self_attn.dense", &self.dense),
-            ("mlp.fc1", &self.fc1),
-            ("mlp.fc2", &self.fc2),
+            (n[0], &self.q_proj),
+            (n[1], &self.k_proj),
+            (n[2], &self.v_proj),
+            (n[3], &self.dense),
+            (n[4], &self.fc1),
+            (n[5], &self.fc2),
         ]
     }
 
     /// [`Self::linears`], mutable.
     pub fn linears_mut(&mut self) -> [(&'static str, &mut LoraLinear<B>); 6] {
+        let n = LINEAR_NAMES;
         [
-            ("self_attn.q_proj", &mut self.q_proj),
-            ("self_attn.k_proj", &mut self.k_proj),
-            ("self_attn.v_proj", &mut self.v_proj),
-            ("self_attn.dense", &mut self.dense),
-            ("mlp.fc1", &mut self.fc1),
-            ("mlp.fc2", &mut self.fc2),
+            (n[0], &mut self.q_proj),
+            (n[1], &mut self.k_proj),
+            (n[2], &mut self.v_proj),
+            (n[3], &mut self.dense),
+            (n[4], &mut self.fc1),
+            (n[5], &mut self.fc2),
         ]
     }
 }
@@ -608,21 +619,19 @@ impl<B: QLoraBackend> Phi<B> {
         let [b, t, d] = embeds.dims();
         let device = embeds.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let head_dim = d / self.layers.first().map_or(1, |l| l.num_heads);
-        let head_counts: Vec<usize> = self
+        // Every layer has the config's head counts.
+        let (heads, kv_heads) = self
             .layers
-            .iter()
-            .flat_map(|l| [l.num_heads, l.num_kv_heads])
-            .collect();
+            .first()
+            .map_or((1, 1), |l| (l.num_heads, l.num_kv_heads));
         let rope = Rope::new(
-            (self.rotary_dim, head_dim),
-            &head_counts,
+            (self.rotary_dim, d / heads),
+            &[heads, kv_heads],
             self.rope_theta,
             (past, t),
             &device,
             embeds.dtype(),
         );
-        let heads = self.layers.first().map_or(1, |l| l.num_heads);
         let bias = attention_mask(b, t, past, mask, &device)
             .map(|m| mask_bias(m, [b, heads, t, past + t], embeds.dtype()));
         let mut x = embeds;
@@ -746,25 +755,27 @@ pub struct LayerAdapters<B: Backend> {
 impl<B: Backend> LayerAdapters<B> {
     /// The adapter slots with their module names, in [`PhiLayer::linears`]' order.
     pub fn slots(&self) -> [(&'static str, &Option<LoraAdapter<B>>); 6] {
+        let n = LINEAR_NAMES;
         [
-            ("self_attn.q_proj", &self.q_proj),
-            ("self_attn.k_proj", &self.k_proj),
-            ("self_attn.v_proj", &self.v_proj),
-            ("self_attn.dense", &self.dense),
-            ("mlp.fc1", &self.fc1),
-            ("mlp.fc2", &self.fc2),
+            (n[0], &self.q_proj),
+            (n[1], &self.k_proj),
+            (n[2], &self.v_proj),
+            (n[3], &self.dense),
+            (n[4], &self.fc1),
+            (n[5], &self.fc2),
         ]
     }
 
     /// [`Self::slots`], mutable.
     pub fn slots_mut(&mut self) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
+        let n = LINEAR_NAMES;
         [
-            ("self_attn.q_proj", &mut self.q_proj),
-            ("self_attn.k_proj", &mut self.k_proj),
-            ("self_attn.v_proj", &mut self.v_proj),
-            ("self_attn.dense", &mut self.dense),
-            ("mlp.fc1", &mut self.fc1),
-            ("mlp.fc2", &mut self.fc2),
+            (n[0], &mut self.q_proj),
+            (n[1], &mut self.k_proj),
+            (n[2], &mut self.v_proj),
+            (n[3], &mut self.dense),
+            (n[4], &mut self.fc1),
+            (n[5], &mut self.fc2),
         ]
     }
 }
