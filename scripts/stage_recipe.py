@@ -7,19 +7,22 @@ AdamW, warmup + cosine to 0, clipping at 1.0; no NF4 (the base stays f32). Print
 line: the settings, losses, QA overall and per type.
 
     python scripts/stage_recipe.py WORLD LM_DIR FEATURES [--s1-steps 300 --s2-epochs 3
-        --s2-lr 5e-3 --s2-plr 1e-3 --rank 4 --depth 2 --full --train-qa N --show-misses]
+        --s2-lr 5e-3 --s2-plr 1e-3 --rank 4 --depth 2 --full --train-qa N --show-misses --allq N]
 
 WORLD: a synthetic world (`harness synth`). LM_DIR: a `builtin:phi-tiny` build (its folder in
 cache/backbones/). FEATURES: a CLIP folder (`builtin:clip-*` build; features from
 transformers' CLIPVisionModel, layer -2, CLS dropped, cached in --cache), `random:CLIP_DIR`
 (that config, random weights), or `oracle`: 9 tokens, one per grid cell, holding the scene's
 exact attributes (occupied, colour, kind, size, background, cell) parsed from the captions,
-an upper bound for what any tower could give the stages.
+an upper bound for what any tower could give the stages. `--allq N`: each stage-2 conversation
+asks N questions drawn from every question about its picture (scripts/world.py), not the
+world's 2-4.
 """
-import argparse, json, math, os, random, re, time
+import argparse, json, math, os, random, time
 import torch, torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import PhiForCausalLM
+import world as W
 
 p = argparse.ArgumentParser()
 p.add_argument("world"); p.add_argument("lm"); p.add_argument("feats")
@@ -35,50 +38,30 @@ p.add_argument("--cache", default="/tmp", help="where tower features are cached"
 p.add_argument("--show-misses", action="store_true", help="print every wrong val answer")
 p.add_argument("--image-after", action="store_true",
                help="put the image after the first question (LLaVA puts it before)")
+p.add_argument("--allq", type=int, default=0,
+               help="stage-2 conversations ask N questions drawn from every question about the picture")
 a = p.parse_args()
 torch.manual_seed(a.seed); rng = random.Random(a.seed)
 tok = Tokenizer.from_file(os.path.join(a.lm, "tokenizer.json"))
 enc = lambda s: tok.encode(s, add_special_tokens=False).ids if s else []
 
 
-def load_split(split, instruct):
-    ann = json.load(open(os.path.join(a.world, "annotations", f"captions_{split}2017.json")))
-    files = {im["id"]: im["file_name"] for im in ann["images"]}
-    caps = {}
-    for x in ann["annotations"]:
-        caps.setdefault(files[x["image_id"]], []).append(x["caption"].strip())
-    convs = []
-    for c in json.load(open(os.path.join(a.world, instruct))):
-        t = c["conversations"]
-        qa = [(t[i]["value"].replace("<image>", "").strip(), t[i + 1]["value"].strip(), t[i].get("type"))
-              for i in range(0, len(t) - 1, 2)]
-        convs.append((os.path.basename(c["image"]), qa))
-    return caps, convs
-
-
-tr_caps, tr_convs = load_split("train", "llava_instruct_150k.json")
-va_caps, va_convs = load_split("val", "llava_instruct_val.json")
+tr_caps, tr_convs = W.load(a.world, "train", "llava_instruct_150k.json")
+va_caps, va_convs = W.load(a.world, "val", "llava_instruct_val.json")
+if a.allq:
+    tr_convs = [(img, W.all_questions(W.scene(tr_caps[img]), rng)[:a.allq]) for img, _ in tr_convs]
 dirs = {**{k: "train2017" for k in tr_caps}, **{k: "val2017" for k in va_caps}}
-COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
-KINDS = ["circle", "square", "triangle", "diamond"]
-BGS = ["white", "black", "gray"]
-POS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
 
 
 def oracle(caps):
-    c1 = caps[0]; c3 = [c for c in caps if c.startswith("An image showing")][0]
-    bg = re.search(r"on a (\w+) background", c1).group(1)
-    sizes = {(m[1], m[2]): m[0] for m in re.findall(r"(large|small) (\w+) (\w+)", c1)}
+    bg, shapes = W.scene(caps)
     # occupied, colour (6), kind (4), size (+-1), background (3), cell (9).
     x = torch.zeros(9, 25)
     x[:, 16:] = torch.eye(9)
-    for m in re.finditer(r"an? (\w+) (\w+) (in the center|at the (\w+)|in the ([\w ]+?) corner)", c3):
-        col, kind = m.group(1), m.group(2)
-        pos = "center" if m.group(3) == "in the center" else (m.group(4) or m.group(5))
-        cell = POS.index(pos)
-        x[cell, 0] = 1; x[cell, 1 + COLORS.index(col)] = 1; x[cell, 7 + KINDS.index(kind)] = 1
-        x[cell, 11] = 1.0 if sizes[(col, kind)] == "large" else -1.0
-    x[:, 12 + BGS.index(bg)] = 1
+    for col, kind, size, cell in shapes:
+        x[cell, 0] = 1; x[cell, 1 + W.COLORS.index(col)] = 1; x[cell, 7 + W.KINDS.index(kind)] = 1
+        x[cell, 11] = 1.0 if size == "large" else -1.0
+    x[:, 12 + W.BGS.index(bg)] = 1
     return x
 
 
