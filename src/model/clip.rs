@@ -14,7 +14,7 @@ use burn::prelude::*;
 use serde_json::Value;
 
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
-use super::{attention, Activation};
+use super::{attention, Activation, FlatForward};
 
 /// The vision config, from `config.json` (vision-only checkpoints) or its `vision_config`
 /// (full `CLIPModel` checkpoints).
@@ -227,7 +227,10 @@ impl<B: Backend> ClipLayer<B> {
         let h = self.layer_norm1.forward(x.clone());
         let x = x + self.self_attn(h, mask);
         let h = self.layer_norm2.forward(x.clone());
-        x.clone() + self.fc2.forward(self.act.forward(self.fc1.forward(h)))
+        x.clone()
+            + self
+                .fc2
+                .forward_flat(self.act.forward(self.fc1.forward_flat(h)))
     }
 
     fn self_attn(
@@ -240,11 +243,11 @@ impl<B: Backend> ClipLayer<B> {
             y.reshape([b, t, self.num_heads, d / self.num_heads])
                 .swap_dims(1, 2)
         };
-        let q = heads(self.q_proj.forward(x.clone()));
-        let k = heads(self.k_proj.forward(x.clone()));
-        let v = heads(self.v_proj.forward(x));
+        let q = heads(self.q_proj.forward_flat(x.clone()));
+        let k = heads(self.k_proj.forward_flat(x.clone()));
+        let v = heads(self.v_proj.forward_flat(x));
         let o = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, d]);
-        self.out_proj.forward(o)
+        self.out_proj.forward_flat(o)
     }
 }
 

@@ -29,11 +29,11 @@ use burn::backend::Autodiff;
 use burn::module::{Initializer, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::module::linear;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorCreationOptions, TensorPrimitive};
 
 use super::checkpoint::Checkpoint;
+use super::linear_flat;
 use super::nf4::{Nf4Config, Nf4Tensor};
 
 /// Phi's LoRA targets by default (issue 5): attention projections and both MLP layers.
@@ -289,7 +289,7 @@ impl<B: QLoraBackend> FrozenLinear<B> {
         let bias = self.bias.as_ref().map(|b| b.val().cast(dtype));
         let Some(q) = &self.nf4 else {
             let w = self.weight.as_ref().expect("a frozen linear has a weight");
-            return linear(x, w.val().cast(dtype), bias);
+            return linear_flat(x, w.val().cast(dtype), bias);
         };
         // [.., in] -> [n, in] -> packed matmul -> [.., out]
         let dims = x.dims();
@@ -453,8 +453,8 @@ impl<B: Backend> LoraAdapter<B> {
         // input is cast in and the output back (no-ops when they agree).
         let dtype = x.dtype();
         let x = x.cast(self.a.val().dtype());
-        let h = linear(self.dropout.forward(x), self.a.val(), None);
-        (linear(h, self.b.val(), None) * self.scaling).cast(dtype)
+        let h = linear_flat(self.dropout.forward(x), self.a.val(), None);
+        (linear_flat(h, self.b.val(), None) * self.scaling).cast(dtype)
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
-use super::{attention_biased, mask_bias, Activation};
+use super::{attention_biased, mask_bias, Activation, FlatForward};
 
 /// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
 /// the top level (the microsoft/phi-2 file) or from `rope_parameters` (current transformers).
@@ -639,7 +639,7 @@ impl<B: QLoraBackend> Phi<B> {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &rope, bias.clone(), slot);
         }
-        self.lm_head.forward(self.final_layernorm.forward(x))
+        self.lm_head.forward_flat(self.final_layernorm.forward(x))
     }
 }
 

@@ -8,6 +8,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
+use super::FlatForward;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProjectorKind {
     Residual,
@@ -40,7 +42,7 @@ impl<B: Backend> ResidualBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self
             .w2
-            .forward(gelu(self.w1.forward(self.norm.forward(x.clone()))));
+            .forward_flat(gelu(self.w1.forward_flat(self.norm.forward(x.clone()))));
         x + h
     }
 }
@@ -88,9 +90,9 @@ impl ProjectorConfig {
 impl<B: Backend> Projector<B> {
     /// `[batch, patches, d_vision]` -> `[batch, patches, d_lm]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mut x = self.input.forward(x);
+        let mut x = self.input.forward_flat(x);
         if let Some(out) = &self.output {
-            return out.forward(gelu(x));
+            return out.forward_flat(gelu(x));
         }
         for b in &self.blocks {
             x = b.forward(x);
