@@ -48,8 +48,9 @@ pub struct BenchConfig {
     pub projector_depth: usize,
     #[arg(long, default_value_t = 16)]
     pub lora_rank: usize,
-    /// Stage 2's frozen base: NF4-packed (QLoRA) or dense f32 (plain LoRA).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Stage 2's frozen base: NF4-packed (QLoRA) or dense f32 (plain LoRA). Set on the
+    /// command line by `harness bench --nf4`, which also overrides a config file's value.
+    #[arg(skip = true)]
     pub nf4: bool,
     /// Timed steps (after `warmup` untimed ones).
     #[arg(long, default_value_t = 10)]

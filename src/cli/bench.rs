@@ -9,11 +9,16 @@ use crate::bench::{self, BenchConfig};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Sizes from a TOML file (keys as the flags, with `_`); flags are ignored then.
+    /// Sizes from a TOML file (keys as the flags, with `_`); the size flags are ignored
+    /// then, `--nf4` is not.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub sizes: BenchConfig,
+    /// Stage 2's frozen base: NF4-packed (QLoRA) or dense f32 (plain LoRA). Default: the
+    /// config file's `nf4`, else true.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub nf4: Option<bool>,
     /// Which stage to time (each in its own process gives a clean peak memory).
     #[arg(long, default_value_t = 1)]
     pub stage: u8,
@@ -22,10 +27,14 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let cfg = match &a.config {
+    let mut cfg = match &a.config {
         Some(p) => BenchConfig::load(p)?,
         None => a.sizes.clone(),
     };
+    // A mode, not a size: until this override, `--config F --nf4 false` timed NF4.
+    if let Some(nf4) = a.nf4 {
+        cfg.nf4 = nf4;
+    }
     let t = match a.stage {
         1 => bench::stage1(&cfg),
         2 => bench::stage2(&cfg),

@@ -1,6 +1,7 @@
 //! One integration-test binary (one link of burn + polars instead of one per file).
 //! Each area adds its module here.
 
+mod bench_cli;
 mod builtin;
 mod common;
 mod config_hash;
