@@ -36,7 +36,9 @@ for cfg in ${BENCH_CONFIGS:-benches/small.toml benches/phi2-layers.toml}; do
         step "bench $cfg stage $stage"
         timeout "$t" "$bin" bench --config "$cfg" --stage "$stage" --nf4 false --json
         timeout "$t" python3 scripts/bench_torch.py --config "$cfg" --stage "$stage" --device cuda
+        # NF4 unpacked on the device (the default since the fifth session), then on the host.
         [ "$stage" = 2 ] && timeout "$t" "$bin" bench --config "$cfg" --stage 2 --nf4 true --json
+        [ "$stage" = 2 ] && HARNESS_NF4_DEQUANT=host timeout "$t" "$bin" bench --config "$cfg" --stage 2 --nf4 true --json
     done
 done
 step synth

@@ -329,13 +329,68 @@ fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Option<DType>) ->
     }
 }
 
-/// The packed `[out, in]` weight as a tensor.
+/// The packed `[out, in]` weight as a tensor. On the CPU the host loop is the device; on a
+/// GPU the weight is unpacked there ([`dequantized_on_device`]), so a pass moves no
+/// full-size weight across the bus.
+/// `HARNESS_NF4_DEQUANT=host|device` overrides the default (device on a GPU, host on the
+/// CPU): the device path has not run on a GPU yet, so `host` is the way back if it fails
+/// there, and `device` runs it on the CPU backend for checks.
 fn dequantized<B: Backend>(w: &Nf4Tensor, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+    static ON_DEVICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on_device =
+        *ON_DEVICE.get_or_init(|| match std::env::var("HARNESS_NF4_DEQUANT").as_deref() {
+            Ok("host") => false,
+            Ok("device") => true,
+            Ok(other) => panic!("HARNESS_NF4_DEQUANT is `host` or `device`, not `{other}`"),
+            Err(_) => cfg!(feature = "cuda"),
+        });
+    if on_device && w.numel().is_multiple_of(w.blocksize) {
+        return dequantized_on_device(w, device, dtype);
+    }
     let data = TensorData::new(w.dequantize(), [w.shape[0], w.shape[1]]);
     Tensor::from_data(
         data,
         TensorCreationOptions::new(device.clone()).with_dtype(dtype),
     )
+}
+
+/// An NF4 weight resident on `B`'s device: the packed codes (u8, two per byte, as on the
+/// host), the first-level absmax (f32, double quantization resolved once) and the code book.
+struct Nf4OnDevice<B: Backend> {
+    codes: Tensor<B, 1, Int>,
+    absmax: Tensor<B, 1>,
+    book: Tensor<B, 1>,
+}
+
+/// [`Nf4Tensor::dequantize`] by tensor ops on `device`: codes and scales are uploaded on first
+/// use and kept (0.56 bytes a weight), then each call unpacks the nibbles, looks the codes up
+/// and scales each block. Same f32 products as the host loop.
+pub(crate) fn dequantized_on_device<B: Backend>(
+    w: &Nf4Tensor,
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, 2> {
+    let (n, bs) = (w.numel(), w.blocksize);
+    assert!(
+        n.is_multiple_of(bs),
+        "{n} weights are not whole blocks of {bs}"
+    );
+    let on = w.device_copy.get_or_init(|| Nf4OnDevice::<B> {
+        codes: Tensor::from_data(
+            TensorData::new(w.codes.clone(), [w.codes.len()]),
+            TensorCreationOptions::new(device.clone()).with_dtype(DType::U8),
+        ),
+        absmax: Tensor::from_data(TensorData::new(w.absmax(), [n / bs]), device),
+        book: Tensor::from_data(TensorData::new(super::nf4::NF4_CODE.to_vec(), [16]), device),
+    });
+    let codes = on.codes.clone().cast(DType::I32);
+    // Element 2k is the high nibble, 2k + 1 the low one.
+    let hi = codes.clone().div_scalar(16);
+    let lo = codes.remainder_scalar(16);
+    let idx = Tensor::stack::<2>(vec![hi, lo], 1).reshape([n]);
+    let values = on.book.clone().select(0, idx).reshape([n / bs, bs]);
+    let w2 = values * on.absmax.clone().reshape([n / bs, 1]);
+    w2.reshape([w.shape[0], w.shape[1]]).cast(dtype)
 }
 
 impl QLoraBackend for crate::backend::Compute {}
@@ -522,4 +577,31 @@ pub fn phi_target_paths(num_layers: usize, cfg: &LoraConfig) -> Vec<String> {
         })
         .filter(|path| cfg.is_target(path))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Compute;
+
+    /// The GPU path, run on the CPU backend: bitwise the host loop, with and without double
+    /// quantization, on first use and when the device copy is reused.
+    #[test]
+    fn device_dequantization_equals_the_host_loop() {
+        let dev = Default::default();
+        // Blocks of different magnitudes, so every block has its own scale.
+        let values: Vec<f32> = (0..96 * 64)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i / 64) as f32)
+            .collect();
+        for double_quant in [false, true] {
+            let cfg = Nf4Config::default().with_double_quant(double_quant);
+            let q = Nf4Tensor::quantize(&values, &[96, 64], &cfg);
+            let host = q.dequantize();
+            for _ in 0..2 {
+                let got = dequantized_on_device::<Compute>(&q, &dev, DType::F32);
+                assert_eq!(got.dims(), [96, 64]);
+                assert_eq!(got.into_data().to_vec::<f32>().unwrap(), host);
+            }
+        }
+    }
 }

@@ -154,6 +154,60 @@ pub enum Nf4Scales {
     },
 }
 
+/// Backends' own copies of a tensor's packed codes and scales, made on first use by
+/// `lora`'s device-side dequantization, one per backend type (the compute backend in
+/// training, its autodiff wrapper when a merged weight is read); opaque here so this module
+/// stays backend-free. Cloning the tensor starts empty copies; they take no part in equality.
+#[derive(Default)]
+pub struct DeviceCopy(
+    std::sync::Mutex<
+        Vec<(
+            std::any::TypeId,
+            std::sync::Arc<dyn std::any::Any + Send + Sync>,
+        )>,
+    >,
+);
+
+impl DeviceCopy {
+    /// The copy of type `T`, made by `make` the first time.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> std::sync::Arc<T> {
+        let id = std::any::TypeId::of::<T>();
+        let mut copies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let any = match copies.iter().find(|(t, _)| *t == id) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+                    std::sync::Arc::new(make());
+                copies.push((id, c.clone()));
+                c
+            }
+        };
+        any.downcast::<T>()
+            .expect("the copy stored under T's id is a T")
+    }
+}
+
+impl Clone for DeviceCopy {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for DeviceCopy {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for DeviceCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceCopy")
+    }
+}
+
 /// A tensor in packed NF4: what stays in memory for a frozen QLoRA base weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Tensor {
@@ -163,6 +217,8 @@ pub struct Nf4Tensor {
     /// Two codes per byte, element `2k` in the high nibble, `2k + 1` in the low one.
     pub codes: Vec<u8>,
     pub scales: Nf4Scales,
+    /// The GPU's copy (empty on the CPU, where the host loop dequantizes).
+    pub device_copy: DeviceCopy,
 }
 
 impl Nf4Tensor {
@@ -204,6 +260,7 @@ impl Nf4Tensor {
             blocksize: bs,
             codes,
             scales,
+            device_copy: DeviceCopy::default(),
         }
     }
 

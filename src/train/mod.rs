@@ -216,14 +216,6 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     } else {
         LoraConfig::frozen()
     };
-    if lora.quant.is_some() && crate::backend::NAME != "cpu-flex" {
-        eprintln!(
-            "{stage}: warning: the NF4 base is dequantized on the host in every forward and \
-             backward, then copied to the GPU; on Phi-2-sized layers that makes stage 2 an \
-             order of magnitude slower than PyTorch (BENCHMARKS.md). `quant = \"none\"` \
-             avoids it where the dense base fits in memory."
-        );
-    }
     let lm_cfg = PhiConfig::load(&lm_dir)?;
     let ckpt = lm_checkpoint(exp, &lm_dir)?;
     <Train as Backend>::seed(&device, exp.seed);
