@@ -332,6 +332,7 @@ fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Option<DType>) ->
 /// The packed `[out, in]` weight as a tensor. On the CPU the host loop is the device; on a
 /// GPU the weight is unpacked there ([`dequantized_on_device`]), so a pass moves no
 /// full-size weight across the bus.
+///
 /// `HARNESS_NF4_DEQUANT=host|device` overrides the default (device on a GPU, host on the
 /// CPU): the device path has not run on a GPU yet, so `host` is the way back if it fails
 /// there, and `device` runs it on the CPU backend for checks.

@@ -25,7 +25,9 @@
 //! gets the code of 0.0 (the CUDA kernel computes 0 * inf = NaN and stores code 0, which
 //! dequantizes to -0.0 instead of +0.0).
 
+use std::any::{Any, TypeId};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use safetensors::tensor::Dtype;
@@ -159,28 +161,17 @@ pub enum Nf4Scales {
 /// training, its autodiff wrapper when a merged weight is read); opaque here so this module
 /// stays backend-free. Cloning the tensor starts empty copies; they take no part in equality.
 #[derive(Default)]
-pub struct DeviceCopy(
-    std::sync::Mutex<
-        Vec<(
-            std::any::TypeId,
-            std::sync::Arc<dyn std::any::Any + Send + Sync>,
-        )>,
-    >,
-);
+pub struct DeviceCopy(Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>);
 
 impl DeviceCopy {
     /// The copy of type `T`, made by `make` the first time.
-    pub fn get_or_init<T: std::any::Any + Send + Sync>(
-        &self,
-        make: impl FnOnce() -> T,
-    ) -> std::sync::Arc<T> {
-        let id = std::any::TypeId::of::<T>();
+    pub fn get_or_init<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Arc<T> {
+        let id = TypeId::of::<T>();
         let mut copies = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let any = match copies.iter().find(|(t, _)| *t == id) {
             Some((_, c)) => c.clone(),
             None => {
-                let c: std::sync::Arc<dyn std::any::Any + Send + Sync> =
-                    std::sync::Arc::new(make());
+                let c: Arc<dyn Any + Send + Sync> = Arc::new(make());
                 copies.push((id, c.clone()));
                 c
             }
