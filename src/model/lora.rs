@@ -33,8 +33,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorCreationOptions, TensorPrimitive};
 
 use super::checkpoint::Checkpoint;
-use super::linear_flat;
 use super::nf4::{Nf4Config, Nf4Tensor};
+use super::{linear_flat, on_rows};
 
 /// Phi's LoRA targets by default (issue 5): attention projections and both MLP layers.
 pub const PHI_TARGETS: [&str; 6] = crate::config::LORA_TARGETS;
@@ -291,19 +291,10 @@ impl<B: QLoraBackend> FrozenLinear<B> {
             let w = self.weight.as_ref().expect("a frozen linear has a weight");
             return linear_flat(x, w.val().cast(dtype), bias);
         };
-        // [.., in] -> [n, in] -> packed matmul -> [.., out]
-        let dims = x.dims();
-        let n = dims[..D - 1].iter().product();
-        let x2 = x.reshape([n, self.d_in]).into_primitive().tensor();
-        let y =
-            Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::nf4_matmul(x2, q.clone())));
-        let mut out = dims;
-        out[D - 1] = self.d_out;
-        let y = y.reshape(out);
-        match bias {
-            Some(b) => y + b.unsqueeze(),
-            None => y,
-        }
+        on_rows(x, self.d_out, bias, |x2| {
+            let y = B::nf4_matmul(x2.into_primitive().tensor(), q.clone());
+            Tensor::from_primitive(TensorPrimitive::Float(y))
+        })
     }
 }
 

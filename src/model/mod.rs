@@ -61,10 +61,21 @@ pub fn linear_flat<B: Backend, const D: usize>(
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
+    let d_out = w.dims()[1];
+    on_rows(x, d_out, b, |x2| x2.matmul(w))
+}
+
+/// `[.., in]` -> `[n, in]` -> `matmul` (to `[n, out]`) -> `+ b` -> `[.., out]`: the shape
+/// work of every linear here, dense ([`linear_flat`]) or NF4-packed.
+pub(crate) fn on_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    d_out: usize,
+    b: Option<Tensor<B, 1>>,
+    matmul: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
     let mut dims = x.dims();
-    let [d_in, d_out] = w.dims();
     let n = dims[..D - 1].iter().product();
-    let y = x.reshape([n, d_in]).matmul(w);
+    let y = matmul(x.reshape([n, dims[D - 1]]));
     let y = match b {
         Some(b) => y + b.unsqueeze(),
         None => y,
