@@ -374,32 +374,33 @@ pub const LINEAR_NAMES: [&str; 6] = [
     "mlp.fc2",
 ];
 
+/// `[(name, REF.field); 6]` over the six linear fields, `REF` being `&self` or `&mut self`:
+/// the one place that pairs each of [`LINEAR_NAMES`] with its field, for [`PhiLayer`] and
+/// [`LayerAdapters`] alike.
+macro_rules! by_linear_name {
+    ($($r:tt)+) => {{
+        let n = LINEAR_NAMES;
+        [
+            (n[0], $($r)+.q_proj),
+            (n[1], $($r)+.k_proj),
+            (n[2], $($r)+.v_proj),
+            (n[3], $($r)+.dense),
+            (n[4], $($r)+.fc1),
+            (n[5], $($r)+.fc2),
+        ]
+    }};
+}
+
 impl<B: Backend> PhiLayer<B> {
     /// The six linears (the LoRA targets) with their module names below the layer, as HF
     /// and peft name them: the one list every walk over them uses.
     pub fn linears(&self) -> [(&'static str, &LoraLinear<B>); 6] {
-        let n = LINEAR_NAMES;
-        [
-            (n[0], &self.q_proj),
-            (n[1], &self.k_proj),
-            (n[2], &self.v_proj),
-            (n[3], &self.dense),
-            (n[4], &self.fc1),
-            (n[5], &self.fc2),
-        ]
+        by_linear_name!(&self)
     }
 
     /// [`Self::linears`], mutable.
     pub fn linears_mut(&mut self) -> [(&'static str, &mut LoraLinear<B>); 6] {
-        let n = LINEAR_NAMES;
-        [
-            (n[0], &mut self.q_proj),
-            (n[1], &mut self.k_proj),
-            (n[2], &mut self.v_proj),
-            (n[3], &mut self.dense),
-            (n[4], &mut self.fc1),
-            (n[5], &mut self.fc2),
-        ]
+        by_linear_name!(&mut self)
     }
 }
 
@@ -755,28 +756,12 @@ pub struct LayerAdapters<B: Backend> {
 impl<B: Backend> LayerAdapters<B> {
     /// The adapter slots with their module names, in [`PhiLayer::linears`]' order.
     pub fn slots(&self) -> [(&'static str, &Option<LoraAdapter<B>>); 6] {
-        let n = LINEAR_NAMES;
-        [
-            (n[0], &self.q_proj),
-            (n[1], &self.k_proj),
-            (n[2], &self.v_proj),
-            (n[3], &self.dense),
-            (n[4], &self.fc1),
-            (n[5], &self.fc2),
-        ]
+        by_linear_name!(&self)
     }
 
     /// [`Self::slots`], mutable.
     pub fn slots_mut(&mut self) -> [(&'static str, &mut Option<LoraAdapter<B>>); 6] {
-        let n = LINEAR_NAMES;
-        [
-            (n[0], &mut self.q_proj),
-            (n[1], &mut self.k_proj),
-            (n[2], &mut self.v_proj),
-            (n[3], &mut self.dense),
-            (n[4], &mut self.fc1),
-            (n[5], &mut self.fc2),
-        ]
+        by_linear_name!(&mut self)
     }
 }
 
