@@ -658,7 +658,7 @@ pub fn canonical(exp: &Experiment) -> Value {
     // A builtin backbone is its recipe: a changed recipe must not reuse stages of the old.
     for key in ["vision", "lm"] {
         let spec = &mut v["model"][key];
-        if let Some(k) = spec.as_str().and_then(crate::pretrain::builtin::spec_key) {
+        if let Some(k) = spec.as_str().and_then(crate::backbones::spec_key) {
             *spec = Value::String(format!("{}@{k}", spec.as_str().unwrap_or_default()));
         }
     }

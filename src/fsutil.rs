@@ -123,6 +123,14 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Where the harness keeps what it builds once and shares between runs (`builtin:`
+/// backbones, the CLIP feature cache): `HARNESS_CACHE`, else `cache/` in the working folder.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("HARNESS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cache"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::bench::{self, BenchConfig};
+use crate::train::bench::{self, BenchConfig};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {

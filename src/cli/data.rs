@@ -1,16 +1,16 @@
 //! `harness data check` and `harness data show`: what an experiment will train on, through
-//! the same library code training uses ([`crate::data::inspect`]).
+//! the same library code training uses ([`crate::data::samples`], [`crate::data::inspect`]).
 
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 
+use crate::backbones::resolve;
 use crate::config::{self, Experiment, FeatureSelect};
-use crate::data::inspect::{self, DataSpec};
-use crate::data::sequence::ChatTemplate;
+use crate::data::inspect;
+use crate::data::samples::DataSpec;
 use crate::data::SkipReason;
-use crate::train::data::backbone_dir;
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
@@ -67,7 +67,7 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
     let exp = config::load(&c.config)?.exp;
     let tok_path = match &c.tokenizer {
         Some(p) => p.clone(),
-        None => backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?.join("tokenizer.json"),
+        None => resolve(&exp.model.lm, exp.data.coco_root.as_ref())?.join("tokenizer.json"),
     };
     let tok = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
@@ -75,32 +75,15 @@ pub fn spec_for(c: &Common) -> anyhow::Result<(DataSpec, tokenizers::Tokenizer)>
         Some(n) => n,
         None => image_tokens(&exp)?,
     };
-    let eos = "<|endoftext|>".to_string();
-    let pad_id = tok.token_to_id(&eos).unwrap_or(0);
-    let d = &exp.data;
-    let spec = DataSpec {
-        coco_root: d.coco_root.clone().into(),
-        instruct_json: d.instruct_json.clone().into(),
-        stage1_limit: d.stage1_limit as usize,
-        stage2_limit: d.stage2_limit as usize,
-        stage2_val: d.stage2_val as usize,
-        instruct_val_json: (!d.instruct_val_json.is_empty())
-            .then(|| d.instruct_val_json.clone().into()),
-        max_len: d.max_len as usize,
-        image_tokens,
-        template: ChatTemplate::named(&d.template)?,
-        eos,
-        pad_id,
-        seed: exp.seed,
-    };
+    let pad_id = tok.token_to_id("<|endoftext|>").unwrap_or(0);
+    let spec = DataSpec::from_experiment(&exp, image_tokens, pad_id)?;
     Ok((spec, tok))
 }
 
 fn image_tokens(exp: &Experiment) -> anyhow::Result<usize> {
     let v = &exp.model.vision;
-    let cfg =
-        crate::model::clip::ClipVisionConfig::load(&backbone_dir(v, exp.data.coco_root.as_ref())?)
-            .with_context(|| format!("reading the vision config of {v}"))?;
+    let cfg = crate::model::clip::ClipVisionConfig::load(&resolve(v, exp.data.coco_root.as_ref())?)
+        .with_context(|| format!("reading the vision config of {v}"))?;
     Ok(cfg.num_patches() + usize::from(exp.model.feature_select == FeatureSelect::ClsPatch))
 }
 

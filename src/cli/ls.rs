@@ -20,7 +20,7 @@ pub enum Format {
 }
 
 pub fn ls(results: &Path, a: LsArgs) -> anyhow::Result<()> {
-    let runs = crate::runs::summaries(&Store::new(results))?;
+    let runs = crate::store::runs::summaries(&Store::new(results))?;
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
         Format::Csv => {
@@ -51,7 +51,7 @@ pub fn ls(results: &Path, a: LsArgs) -> anyhow::Result<()> {
                     r.name,
                     &r.commit[..r.commit.len().min(7)],
                     r.status,
-                    crate::runs::human_age(r.age_s),
+                    crate::store::runs::human_age(r.age_s),
                     opt(r.final_loss("stage1")),
                     opt(r.final_loss("stage2"))
                 );

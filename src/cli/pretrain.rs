@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::pretrain::clip::{pretrain_clip, ClipPretrainOptions};
-use crate::pretrain::lm::{pretrain_lm, LmPretrainOptions};
+use crate::backbones::{ClipPretrainOptions, LmPretrainOptions};
+use crate::pretrain::clip::pretrain_clip;
+use crate::pretrain::lm::pretrain_lm;
 
 #[derive(Subcommand, Debug)]
 pub enum PretrainCommand {

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::plan::{self, ExecOptions};
 use crate::store::{self, Store};
+use crate::sweep::plan::{self, ExecOptions};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -57,7 +57,7 @@ fn go(
         print!("{}", plan::describe(&p));
         print!(
             "{}",
-            crate::pretrain::builtin::describe(exps.iter().map(|e| &e.exp))
+            crate::sweep::backbones::describe(exps.iter().map(|e| &e.exp))
         );
         for e in &exps {
             let missing = crate::config::check_paths(&e.exp, &[1, 2]);
@@ -71,7 +71,7 @@ fn go(
         }
         return Ok(());
     }
-    let runner = crate::stage::default_runner();
+    let runner = crate::sweep::runner::default_runner();
     let missing: Vec<String> = exps
         .iter()
         .flat_map(|e| {
@@ -93,14 +93,16 @@ fn go(
     };
     let planned = plan::plan(&store, &exps, &code)?;
     let jobs = match jobs {
-        0 => crate::parallel::auto_jobs(&planned),
+        0 => crate::sweep::parallel::auto_jobs(&planned),
         n => n,
     };
-    let outcomes = if jobs > 1 && planned.len() > 1 {
-        if runner.needs_inputs() {
-            crate::parallel::prepare_backbones(&planned, jobs, results)?;
-        }
-        crate::parallel::sweep(&store, &planned, &code, jobs, results)?
+    let side_by_side = jobs > 1 && planned.len() > 1;
+    if runner.needs_inputs() {
+        // Stages only resolve backbones: the missing builtins are built here, once.
+        crate::sweep::backbones::prepare(&planned, if side_by_side { jobs } else { 1 }, results)?;
+    }
+    let outcomes = if side_by_side {
+        crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results)?
     } else {
         plan::sweep(&store, files, &code, runner.as_ref(), &opts)?
     };

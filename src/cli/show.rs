@@ -17,7 +17,7 @@ pub struct ShowArgs {
 pub fn show(results: &Path, a: ShowArgs) -> anyhow::Result<()> {
     let store = Store::new(results);
     let id = store.resolve(&a.run)?;
-    let s = crate::runs::summary(&store, &id)?;
+    let s = crate::store::runs::summary(&store, &id)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());

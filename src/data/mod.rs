@@ -2,7 +2,8 @@
 //! batching, and the synthetic world.
 //!
 //! The path from files to batches:
-//! [`coco::load_captions`] / [`instruct::load_instruct`] (records, with a [`SkipReport`])
+//! [`coco::load_captions`] / [`instruct::load_instruct`] (records, with a [`SkipReport`];
+//! [`samples`] picks a stage's, [`inspect`] reports on them for `harness data`)
 //! -> [`cache::FeatureCache::build`] (CLIP features once per image and encoder)
 //! -> [`sequence::SequenceBuilder`] (token ids, labels, image slot)
 //! -> [`batch::epoch_batches`] + [`batch::LlavaBatcher`] (padded burn tensors).
@@ -16,6 +17,7 @@ pub mod inspect;
 pub mod instruct;
 pub mod lenient;
 pub mod rng;
+pub mod samples;
 pub mod sequence;
 pub mod skips;
 pub mod synth;

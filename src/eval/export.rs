@@ -17,11 +17,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use burn::module::Module;
 use serde_json::json;
 
 use super::session::stage_final_dir;
 use crate::backend::Compute;
+use crate::model::assembly;
 use crate::model::clip::ClipVisionConfig;
 use crate::model::lora::LoraConfig;
 use crate::model::peft::{self, PeftLoraConfig};
@@ -69,18 +69,17 @@ pub fn export_run(
         _ => anyhow::bail!("run {run_id} has no completed stage to export"),
     };
     let device = Default::default();
-    let vision_dir =
-        crate::train::data::backbone_dir(&exp.model.vision, exp.data.coco_root.as_ref())?;
-    let lm_dir = crate::train::data::backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?;
-    let vcfg = ClipVisionConfig::load(&vision_dir)?;
+    let dirs = assembly::backbone_dirs(&exp)?;
+    let lm_dir = dirs.lm;
+    let vcfg = ClipVisionConfig::load(&dirs.vision)?;
     let lcfg = PhiConfig::load(&lm_dir)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut files = vec![];
 
     // Projector.
-    let pcfg = crate::train::projector_config(&exp, vcfg.hidden_size, lcfg.hidden_size);
+    let pcfg = assembly::projector_config(&exp, vcfg.hidden_size, lcfg.hidden_size);
     let projector: Projector<Compute> = pcfg.init(&device);
-    let projector = crate::train::checkpoint::load_projector(projector, &weights, &device)?;
+    let projector = assembly::load_projector(projector, &weights, &device)?;
     let p = out.join("projector.safetensors");
     peft::write_safetensors(&p, &projector.to_torch())?;
     files.push(p);
@@ -110,16 +109,9 @@ pub fn export_run(
     let mut adapter = None;
     if stage == 2 {
         let lora = LoraConfig::from_stage2(&exp.stage2);
-        let rec = burn::record::NamedMpkFileRecorder::<burn::record::FullPrecisionSettings>::new();
         let skeleton = peft::adapters_skeleton::<Compute>(&lcfg, &lora, &device);
-        let record = burn::record::Recorder::load(&rec, weights.join("adapters"), &device)
-            .with_context(|| {
-                format!(
-                    "loading the LoRA adapters from {}",
-                    weights.join("adapters.mpk").display()
-                )
-            })?;
-        let adapters = skeleton.load_record(record);
+        let adapters =
+            assembly::load_record(skeleton, &weights, "adapters", "the LoRA adapters", &device)?;
         let base = opts
             .base_model
             .clone()
@@ -152,7 +144,7 @@ fn model_card(
     stage: u8,
     adapter: Option<&PeftLoraConfig>,
 ) -> Result<String> {
-    let summary = crate::runs::summary(store, run_id)?;
+    let summary = crate::store::runs::summary(store, run_id)?;
     let mut s = String::new();
     writeln!(s, "# {} ({run_id})\n", exp.name)?;
     writeln!(

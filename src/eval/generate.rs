@@ -61,6 +61,26 @@ impl Default for GenerateOptions {
     }
 }
 
+impl GenerateOptions {
+    /// The generation settings of an experiment's `[eval]` (in-run evaluation and
+    /// `caption`/`chat`): greedy unless `beams > 1`, stopping at `eos`.
+    pub fn for_experiment(exp: &crate::config::Experiment, eos: Option<u32>) -> Self {
+        GenerateOptions {
+            max_new_tokens: exp.eval.max_new_tokens as usize,
+            eos,
+            decoding: if exp.eval.beams > 1 {
+                Decoding::Beam {
+                    width: exp.eval.beams as usize,
+                    length_penalty: 1.0,
+                }
+            } else {
+                Decoding::Greedy
+            },
+            use_cache: true,
+        }
+    }
+}
+
 /// One generated continuation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generated {

@@ -99,7 +99,7 @@ pub fn generate_for_images<B: crate::model::lora::QLoraBackend>(
             debug_assert_eq!(feats.dims(), [chunk.len(), patches, dv]);
             let images = projector.forward(feats);
             let starts = vec![Some(nb); chunk.len()];
-            let embeds = crate::train::splice(lm.embed(ids), images, &starts);
+            let embeds = crate::model::vlm::fill_image_slots(lm.embed(ids), images, &starts);
             let streams: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
             let generated = generate_streams(lm, embeds, opts, &streams);
             for (g, &i) in generated.into_iter().zip(chunk) {

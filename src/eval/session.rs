@@ -19,6 +19,7 @@ use crate::config::Experiment;
 use crate::data::cache::FeatureExtractor;
 use crate::data::clip_features::ClipExtractor;
 use crate::data::sequence::{ChatTemplate, TextCodec};
+use crate::model::assembly;
 use crate::model::lora::LoraConfig;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::preprocess::{load_image, preprocess, PreprocessConfig};
@@ -103,31 +104,22 @@ impl Session {
             _ => bail!("run {run_id} has no completed stage to load (see `harness show {run_id}`)"),
         };
         let device = crate::backend::device(exp.devices.first().copied().unwrap_or(0));
-        let vision_dir =
-            crate::train::data::backbone_dir(&exp.model.vision, exp.data.coco_root.as_ref())?;
-        let lm_dir = crate::train::data::backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?;
+        let dirs = assembly::backbone_dirs(&exp)?;
+        let (vision_dir, lm_dir) = (dirs.vision, dirs.lm);
 
-        let (select, pre) = crate::train::data::vision_setup(&exp, &vision_dir)?;
+        let (select, pre) = assembly::vision_setup(&exp, &vision_dir)?;
         let clip = ClipExtractor::<Compute>::from_dir(&vision_dir, select, &device)
             .with_context(|| format!("loading the vision tower from {}", vision_dir.display()))?;
         let tok = Tokenizer::from_dir(&lm_dir)
             .with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
-        let lm_config = PhiConfig::load(&lm_dir)?;
-        let lora = if stage == 2 {
-            LoraConfig::from_stage2(&exp.stage2)
-        } else {
-            LoraConfig::frozen()
-        };
-        let ckpt = crate::train::lm_checkpoint(&exp, &lm_dir)?;
-        let mut lm = Phi::<Compute>::load_with(&ckpt, &lm_config, &device, &lora)
-            .with_context(|| format!("loading the language model from {}", lm_dir.display()))?;
-        drop(ckpt);
+        let lora = assembly::lora_config(&exp, stage);
+        let (mut lm, lm_config) = assembly::load_lm::<Compute>(&exp, &lm_dir, &lora, &device)?;
         if stage == 2 {
-            lm = crate::train::checkpoint::load_adapters(lm, &weights_dir, &device)?;
+            lm = assembly::load_adapters(lm, &weights_dir, &device)?;
         }
-        let projector = crate::train::projector_config(&exp, clip.dim(), lm_config.hidden_size)
+        let projector = assembly::projector_config(&exp, clip.dim(), lm_config.hidden_size)
             .init::<Compute>(&device);
-        let projector = crate::train::checkpoint::load_projector(projector, &weights_dir, &device)?;
+        let projector = assembly::load_projector(projector, &weights_dir, &device)?;
 
         let template = ChatTemplate::named(&exp.data.template)?;
         let end = if template.end.is_empty() {
@@ -137,7 +129,7 @@ impl Session {
         } else {
             tok.encode(&template.end)?
         };
-        let opts = crate::train::evaluate::options(&exp, &tok);
+        let opts = GenerateOptions::for_experiment(&exp, tok.eos_id);
         Ok(Self {
             run_id,
             exp,

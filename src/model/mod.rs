@@ -10,7 +10,9 @@
 //! - [`jpeg`], JPEG decoding bit-exact with libjpeg-turbo (what PIL uses)
 //! - [`phi`], `PhiForCausalLM` (partial rotary, parallel block, KV cache)
 //! - [`projector`], vision features to LM embeddings (residual MLP or `mlp2x_gelu`)
-//! - [`vlm`], splices image features into token embeddings
+//! - [`vlm`], splices image features into token embeddings (the one splice) and LLaVA's forward
+//! - [`assembly`], the VLM of an experiment: backbones resolved, projector and LM built, a
+//!   run's trained weights loaded
 //! - [`tokenizer`], `tokenizer.json` with the LM's special ids
 //! - [`probe`], the library side of `harness probe`
 //! - [`nf4`], NF4 quantization (bitsandbytes numerics); [`lora`], LoRA / QLoRA linears
@@ -34,6 +36,7 @@
 //! Compute dtype: tensors are created in the device's default float dtype, or in the dtype
 //! given to [`checkpoint::Checkpoint::with_dtype`] (bf16 on GPU); f16/bf16/f32 files all load.
 
+pub mod assembly;
 pub mod checkpoint;
 pub mod clip;
 pub mod jpeg;

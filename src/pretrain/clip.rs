@@ -41,6 +41,7 @@ use burn::tensor::Distribution;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::backbones::ClipPretrainOptions;
 use crate::backend::{Compute, Train};
 use crate::data::coco::load_captions;
 use crate::data::images::{load_rgb, par_map, ImageRoot};
@@ -56,60 +57,6 @@ use crate::train::schedule::LrSchedule;
 pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092; // ln(100)
 /// Longest caption in tokens; longer ones are truncated.
 pub const MAX_TEXT_LEN: usize = 40;
-
-/// Everything `harness pretrain clip` can set; `Default` is the CPU demo setting.
-#[derive(Clone, Debug, Serialize)]
-pub struct ClipPretrainOptions {
-    /// A synthetic world (COCO layout: `train2017/`, `val2017/`, `annotations/`).
-    pub data: PathBuf,
-    pub out: PathBuf,
-    pub image_size: usize,
-    pub patch: usize,
-    /// Width of both towers.
-    pub hidden: usize,
-    pub vision_layers: usize,
-    pub text_layers: usize,
-    pub heads: usize,
-    /// Width of the shared embedding space.
-    pub embed_dim: usize,
-    pub steps: u64,
-    pub batch: usize,
-    pub lr: f64,
-    /// Fraction of `steps` spent warming up.
-    pub warmup: f64,
-    pub weight_decay: f64,
-    pub clip_grad_norm: f64,
-    pub seed: u64,
-    /// Data workers (0 = all cores).
-    pub threads: usize,
-    /// Progress lines on stderr every this many steps (0 = none).
-    pub log_every: u64,
-}
-
-impl Default for ClipPretrainOptions {
-    fn default() -> Self {
-        Self {
-            data: PathBuf::new(),
-            out: PathBuf::new(),
-            image_size: 32,
-            patch: 8,
-            hidden: 64,
-            vision_layers: 4,
-            text_layers: 2,
-            heads: 4,
-            embed_dim: 64,
-            steps: 300,
-            batch: 128,
-            lr: 1e-3,
-            warmup: 0.05,
-            weight_decay: 0.05,
-            clip_grad_norm: 1.0,
-            seed: 0,
-            threads: 0,
-            log_every: 50,
-        }
-    }
-}
 
 impl ClipPretrainOptions {
     pub fn vision_config(&self) -> ClipVisionConfig {

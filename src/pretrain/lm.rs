@@ -34,9 +34,9 @@ use anyhow::{anyhow, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use serde::Serialize;
 use serde_json::json;
 
+use crate::backbones::LmPretrainOptions;
 use crate::backend::{Compute, Train};
 use crate::data::coco::load_captions;
 use crate::data::images::ImageRoot;
@@ -55,76 +55,6 @@ use crate::train::schedule::LrSchedule;
 
 /// The end of every document; a special token with id 0.
 pub const EOS: &str = "<|endoftext|>";
-
-/// Everything `harness pretrain lm` can set; `Default` is the CPU demo setting.
-#[derive(Clone, Debug, Serialize)]
-pub struct LmPretrainOptions {
-    /// A synthetic world (`annotations/captions_*2017.json`, `llava_instruct_150k.json`,
-    /// `llava_instruct_val.json`, image folders).
-    pub world: PathBuf,
-    pub out: PathBuf,
-    pub d_model: usize,
-    pub layers: usize,
-    pub heads: usize,
-    /// Tokenizer vocabulary (special token + 256 bytes + merges).
-    pub vocab: usize,
-    pub partial_rotary: f64,
-    pub rope_theta: f64,
-    pub max_position: usize,
-    pub layer_norm_eps: f64,
-    /// Std of HF's normal initialisation.
-    pub init_std: f64,
-    pub steps: u64,
-    pub batch: usize,
-    pub lr: f64,
-    /// Fraction of `steps` spent warming up.
-    pub warmup: f64,
-    pub weight_decay: f64,
-    pub clip_grad_norm: f64,
-    /// Documents are truncated to this many tokens.
-    pub max_len: usize,
-    /// Probabilities of the `{ctx}\n{caption}` and the bare caption documents.
-    pub p_ctx_caption: f64,
-    pub p_caption: f64,
-    /// Steps whose documents are drawn together and batched by length (1 = each step draws
-    /// its own); see `step_docs`.
-    pub length_groups: usize,
-    pub eval_max_new_tokens: usize,
-    pub seed: u64,
-    /// Show the progress bar (hidden anyway when stderr is not a terminal).
-    pub progress: bool,
-}
-
-impl Default for LmPretrainOptions {
-    fn default() -> Self {
-        Self {
-            world: PathBuf::new(),
-            out: PathBuf::new(),
-            d_model: 128,
-            layers: 4,
-            heads: 4,
-            vocab: 512,
-            partial_rotary: 0.5,
-            rope_theta: 10000.0,
-            max_position: 256,
-            layer_norm_eps: 1e-5,
-            init_std: 0.02,
-            steps: 1500,
-            batch: 32,
-            lr: 3e-3,
-            warmup: 0.05,
-            weight_decay: 0.0,
-            clip_grad_norm: 1.0,
-            max_len: 224,
-            p_ctx_caption: 0.25,
-            p_caption: 0.10,
-            length_groups: 1,
-            eval_max_new_tokens: 5,
-            seed: 0,
-            progress: true,
-        }
-    }
-}
 
 impl LmPretrainOptions {
     /// The Phi config for a tokenizer of `vocab_size` tokens (ids 0 special).

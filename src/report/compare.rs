@@ -130,7 +130,7 @@ fn runs_table(runs: &[RunData], labels: &[String], folder: &Path, store: &Store)
                 badge(&r.summary.status),
                 td(&format!("{}{}", short(&r.summary.commit), if r.summary.dirty { " (dirty)" } else { "" })),
                 r.rows,
-                td(&r.duration_s().map(crate::runs::human_age).unwrap_or("-".into())),
+                td(&r.duration_s().map(crate::store::runs::human_age).unwrap_or("-".into())),
                 esc(error)
             )
         })

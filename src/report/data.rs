@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::config::Experiment;
-use crate::provenance::Provenance;
-use crate::runs::{self, RunSummary};
+use crate::store::provenance::Provenance;
+use crate::store::runs::{self, RunSummary};
 use crate::store::{Status, Store};
 
 use super::series::{self, Curve};

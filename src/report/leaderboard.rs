@@ -8,8 +8,8 @@ use anyhow::Result;
 
 use super::html::{badge, esc, href, num, num_cell, page, table, td};
 use super::sections;
-use crate::metrics::Row;
-use crate::runs::{self, RunSummary};
+use crate::store::metrics::Row;
+use crate::store::runs::{self, RunSummary};
 use crate::store::Store;
 
 /// One leaderboard row: a run with the columns of the table.

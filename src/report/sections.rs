@@ -67,7 +67,7 @@ pub fn charts(charts: &[Chart], png_dir: &Path, png_href: &str) -> Result<String
 
 /// Provenance as a table with one column per run.
 pub fn provenance(runs: &[&RunData]) -> String {
-    type Field = fn(&crate::provenance::Provenance) -> String;
+    type Field = fn(&crate::store::provenance::Provenance) -> String;
     let fields: [(&str, Field); 11] = [
         ("commit", |p| p.code.commit.clone()),
         ("branch", |p| {
@@ -104,7 +104,7 @@ pub fn provenance(runs: &[&RunData]) -> String {
 }
 
 /// `clean`, or how many files changed, the diff size and hash, and the first files.
-pub fn dirty_summary(c: &crate::provenance::CodeState) -> String {
+pub fn dirty_summary(c: &crate::store::provenance::CodeState) -> String {
     if !c.dirty {
         return "clean".into();
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::metrics::Row;
+use crate::store::metrics::Row;
 
 /// One metric of one run over steps, sorted by step.
 #[derive(Debug, Clone, PartialEq)]

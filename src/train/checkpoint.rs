@@ -10,15 +10,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::Recorder;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Train;
 use crate::fsutil;
+use crate::model::assembly::{load_adapters, load_projector, WeightsRecorder as Rec};
 use crate::model::phi::Phi;
 use crate::model::projector::Projector;
-
-type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -144,17 +143,13 @@ where
     );
     let (lm, optim_lm) = match t.optim_lm {
         Some(o) => {
-            let adapters = t.lm.adapters().load_record(
-                Rec::new()
-                    .load(rec("adapters"), device)
-                    .with_context(|| format!("loading {}", rec("adapters.mpk").display()))?,
-            );
+            let lm = load_adapters(t.lm, ck, device)?;
             let o = o.load_record(
                 Rec::new()
                     .load(rec("optimizer_lora"), device)
                     .with_context(|| format!("loading {}", rec("optimizer_lora.mpk").display()))?,
             );
-            (t.lm.with_adapters(adapters), Some(o))
+            (lm, Some(o))
         }
         None => (t.lm, None),
     };
@@ -186,39 +181,4 @@ where
     fs::rename(&tmp, &target)?;
     fsutil::sync_dir(dir);
     Ok(())
-}
-
-/// Loads adapters from a `final/` (or step) folder into `lm`.
-pub fn load_adapters<B: burn::tensor::backend::Backend>(
-    lm: Phi<B>,
-    dir: &Path,
-    device: &B::Device,
-) -> Result<Phi<B>> {
-    let rec = Rec::new()
-        .load(dir.join("adapters"), device)
-        .with_context(|| {
-            format!(
-                "loading the LoRA adapters from {}",
-                dir.join("adapters.mpk").display()
-            )
-        })?;
-    let a = lm.adapters().load_record(rec);
-    Ok(lm.with_adapters(a))
-}
-
-/// Loads projector weights from a `final/` (or step) folder into `projector`.
-pub fn load_projector<B: burn::tensor::backend::Backend>(
-    projector: Projector<B>,
-    dir: &Path,
-    device: &B::Device,
-) -> Result<Projector<B>> {
-    let rec = Rec::new()
-        .load(dir.join("projector"), device)
-        .with_context(|| {
-            format!(
-                "loading the projector from {}",
-                dir.join("projector.mpk").display()
-            )
-        })?;
-    Ok(projector.load_record(rec))
 }

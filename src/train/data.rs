@@ -8,35 +8,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::backend::Compute;
-use crate::config::{Experiment, FeatureSelect as SelectCfg, ImageAspect};
+use crate::config::Experiment;
 use crate::data::batch::{keep_cached, LlavaBatcher};
 use crate::data::cache::{BuildOptions, FeatureCache};
 use crate::data::clip_features::ClipExtractor;
-use crate::data::inspect::{self, DataSpec};
-use crate::data::sequence::{ChatTemplate, Sequence, SequenceBuilder, Truncation};
+use crate::data::samples::{self, DataSpec};
+use crate::data::sequence::{Sequence, SequenceBuilder, Truncation};
 use crate::data::skips::SkipReport;
-use crate::model::clip::FeatureSelect;
-use crate::model::preprocess::PreprocessConfig;
+use crate::model::assembly::vision_setup;
 use crate::model::tokenizer::Tokenizer;
 
 use super::evaluate::EvalSet;
-
-/// Where `builtin:NAME` backbones live (built by `harness pretrain`), and the shared
-/// feature cache: `HARNESS_CACHE`, else `cache/` in the working folder.
-pub fn cache_root() -> PathBuf {
-    std::env::var_os("HARNESS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("cache"))
-}
-
-/// A checkpoint folder named in the config: a path, or `builtin:NAME`, trained on the
-/// synthetic world `world` the first time it is needed ([`crate::pretrain::builtin`]).
-pub fn backbone_dir(spec: &str, world: &Path) -> Result<PathBuf> {
-    match spec.strip_prefix("builtin:") {
-        Some(name) => crate::pretrain::builtin::ensure(name, world),
-        None => Ok(PathBuf::from(spec)),
-    }
-}
 
 /// Everything one stage trains and validates on.
 pub struct StageData {
@@ -58,35 +40,7 @@ pub fn spec(exp: &Experiment, tok: &Tokenizer, image_tokens: usize) -> Result<Da
         .pad_id
         .or(tok.eos_id)
         .context("the tokenizer has neither pad nor eos")?;
-    Ok(DataSpec {
-        coco_root: exp.data.coco_root.clone().into(),
-        instruct_json: exp.data.instruct_json.clone().into(),
-        stage1_limit: exp.data.stage1_limit as usize,
-        stage2_limit: exp.data.stage2_limit as usize,
-        stage2_val: exp.data.stage2_val as usize,
-        instruct_val_json: (!exp.data.instruct_val_json.is_empty())
-            .then(|| exp.data.instruct_val_json.clone().into()),
-        max_len: exp.data.max_len as usize,
-        image_tokens,
-        template: ChatTemplate::named(&exp.data.template)?,
-        eos: "<|endoftext|>".into(),
-        pad_id,
-        seed: exp.seed,
-    })
-}
-
-/// The feature selection and preprocessing an experiment asks of its vision tower.
-pub fn vision_setup(
-    exp: &Experiment,
-    vision_dir: &Path,
-) -> Result<(FeatureSelect, PreprocessConfig)> {
-    let select = FeatureSelect {
-        layer: exp.model.feature_layer,
-        with_cls: exp.model.feature_select == SelectCfg::ClsPatch,
-    };
-    let mut pre = PreprocessConfig::load(vision_dir)?;
-    pre.pad_to_square = exp.model.image_aspect == ImageAspect::Pad;
-    Ok((select, pre))
+    DataSpec::from_experiment(exp, image_tokens, pad_id)
 }
 
 /// Loads stage `stage`'s samples, builds sequences, and makes sure every image has cached
@@ -103,13 +57,13 @@ pub fn prepare(
         .with_context(|| format!("loading the vision tower from {}", vision_dir.display()))?;
     use crate::data::cache::FeatureExtractor;
     let spec = spec(exp, tok, extractor.tokens())?;
-    let builder = inspect::builder(&spec, tok)?;
+    let builder = samples::builder(&spec, tok)?;
 
     let mut eval = EvalSet::default();
     let (train, val, mut skips, truncation) = match stage {
         1 => {
-            let (tr, mut sk) = inspect::stage1_samples(&spec, "train", false)?;
-            let (va, _) = inspect::stage1_samples(
+            let (tr, mut sk) = samples::stage1_samples(&spec, "train", false)?;
+            let (va, _) = samples::stage1_samples(
                 &DataSpec {
                     stage1_limit: 0,
                     ..spec.clone()
@@ -134,7 +88,7 @@ pub fn prepare(
             (tr, va, sk, t1)
         }
         _ => {
-            let (tr, va, mut sk) = inspect::stage2_samples(&spec, false)?;
+            let (tr, va, mut sk) = samples::stage2_samples(&spec, false)?;
             eval.questions = va
                 .iter()
                 .filter_map(|c| c.image.as_ref().map(|p| (p, &c.turns)))
@@ -161,7 +115,7 @@ pub fn prepare(
         ..Default::default()
     };
     let (cache, report) = FeatureCache::build(
-        &cache_root().join("features"),
+        &crate::fsutil::cache_root().join("features"),
         &extractor,
         &pre,
         &images,

@@ -15,11 +15,11 @@ use crate::config::Experiment;
 use crate::data::cache::FeatureCache;
 use crate::data::instruct::QaTurn;
 use crate::data::sequence::ChatTemplate;
-use crate::eval::{self, Decoding, GenerateOptions, PromptLayout, QaAccuracy};
-use crate::metrics::MetricsWriter;
+use crate::eval::{self, GenerateOptions, PromptLayout, QaAccuracy};
 use crate::model::phi::Phi;
 use crate::model::projector::Projector;
 use crate::model::tokenizer::Tokenizer;
+use crate::store::metrics::MetricsWriter;
 
 /// What a stage is scored on.
 #[derive(Debug, Clone, Default)]
@@ -38,23 +38,6 @@ pub struct Sample {
     pub reference: String,
     pub output: String,
     pub stage: String,
-}
-
-/// Generation settings of an experiment's `[eval]` (in-run evaluation and `caption`/`chat`).
-pub fn options(exp: &Experiment, tok: &Tokenizer) -> GenerateOptions {
-    GenerateOptions {
-        max_new_tokens: exp.eval.max_new_tokens as usize,
-        eos: tok.eos_id,
-        decoding: if exp.eval.beams > 1 {
-            Decoding::Beam {
-                width: exp.eval.beams as usize,
-                length_penalty: 1.0,
-            }
-        } else {
-            Decoding::Greedy
-        },
-        use_cache: true,
-    }
 }
 
 fn features(
@@ -84,7 +67,7 @@ pub fn run(
     step: u64,
 ) -> Result<Vec<Sample>> {
     let device = crate::backend::device(exp.devices[0]);
-    let opts = options(exp, tok);
+    let opts = GenerateOptions::for_experiment(exp, tok.eos_id);
     let name = format!("stage{stage}");
     let batch = 16;
     let mut gallery = vec![];

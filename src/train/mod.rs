@@ -6,12 +6,14 @@
 //! the Learner checkpoints per epoch, and resuming at any step interval with the data
 //! position, optimizer and schedule restored exactly needs the loop in hand.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod evaluate;
 pub mod grads;
 pub mod loss;
 pub mod schedule;
+pub mod stage;
 
 use std::time::Instant;
 
@@ -21,18 +23,18 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 
 use crate::backend::Train;
-use crate::config::{Experiment, ProjectorKind as KindCfg, StageConfig};
+use crate::config::StageConfig;
 use crate::data::batch::{cached_items, epoch_batches, LlavaBatch};
-use crate::model::checkpoint::Checkpoint;
-use crate::model::lora::{LoraConfig, QLoraBackend};
-use crate::model::phi::{Phi, PhiConfig};
-use crate::model::projector::{Projector, ProjectorConfig, ProjectorKind};
+use crate::model::assembly;
+use crate::model::lora::QLoraBackend;
+use crate::model::phi::Phi;
+use crate::model::projector::Projector;
 use crate::model::tokenizer::Tokenizer;
-use crate::stage::{Interrupted, StageContext, StageRunner};
 
 use self::checkpoint::{TrainState, Trained};
 use self::data::StageData;
 use self::schedule::LrSchedule;
+use self::stage::{Interrupted, StageContext, StageRunner};
 
 /// The stage runner that trains for real.
 pub struct Trainer;
@@ -46,17 +48,6 @@ impl StageRunner for Trainer {
     }
 }
 
-/// The projector an experiment describes, for features of width `d_vision`.
-pub fn projector_config(exp: &Experiment, d_vision: usize, d_lm: usize) -> ProjectorConfig {
-    let kind = match exp.model.projector {
-        KindCfg::Residual => ProjectorKind::Residual,
-        KindCfg::Mlp2xGelu => ProjectorKind::Mlp2xGelu,
-    };
-    ProjectorConfig::new(d_vision, d_lm)
-        .with_depth(exp.model.projector_depth as usize)
-        .with_kind(kind)
-}
-
 /// Projects the batch's image features and splices them into the token embeddings at each
 /// row's image slot; returns the LM's logits for every position.
 pub fn forward<B: QLoraBackend>(
@@ -64,66 +55,14 @@ pub fn forward<B: QLoraBackend>(
     lm: &Phi<B>,
     batch: &LlavaBatch<B>,
 ) -> Tensor<B, 3> {
-    let embeds = lm.embed(batch.input_ids.clone());
-    // The projector keeps f32 weights; its output joins the LM's compute dtype (bf16 on GPU).
-    let images = projector
-        .forward(batch.image_features.clone())
-        .cast(embeds.dtype());
-    let embeds = splice(embeds, images, &batch.image_start);
-    let keep = batch.attention_mask.clone().equal_elem(1);
-    lm.forward_embeds(embeds, Some(keep), None)
-}
-
-/// Replaces positions `start .. start + patches` of each row with that row's image.
-pub fn splice<B: Backend>(
-    embeds: Tensor<B, 3>,
-    images: Tensor<B, 3>,
-    starts: &[Option<usize>],
-) -> Tensor<B, 3> {
-    let [b, l, d] = embeds.dims();
-    let p = images.dims()[1];
-    let row = |r: usize, s: Option<usize>| -> Tensor<B, 3> {
-        let e = embeds.clone().slice([r..r + 1, 0..l, 0..d]);
-        match s {
-            None => e,
-            Some(s) => {
-                let img = images.clone().slice([r..r + 1, 0..p, 0..d]);
-                let mut parts = vec![];
-                if s > 0 {
-                    parts.push(e.clone().slice([0..1, 0..s, 0..d]));
-                }
-                parts.push(img);
-                if s + p < l {
-                    parts.push(e.slice([0..1, s + p..l, 0..d]));
-                }
-                Tensor::cat(parts, 1)
-            }
-        }
-    };
-    // Common case (every row's image at the same place): one batched cat.
-    if let Some(&Some(s)) = starts.first() {
-        if starts.iter().all(|&x| x == Some(s)) {
-            let mut parts = vec![];
-            if s > 0 {
-                parts.push(embeds.clone().slice([0..b, 0..s, 0..d]));
-            }
-            parts.push(images);
-            if s + p < l {
-                parts.push(embeds.slice([0..b, s + p..l, 0..d]));
-            }
-            return Tensor::cat(parts, 1);
-        }
-    }
-    Tensor::cat((0..b).map(|r| row(r, starts[r])).collect(), 0)
-}
-
-/// The LM's checkpoint, read into the experiment's compute dtype (`auto`: bf16 on a GPU).
-pub fn lm_checkpoint(exp: &Experiment, lm_dir: &std::path::Path) -> Result<Checkpoint> {
-    let ckpt = Checkpoint::open(lm_dir)?;
-    Ok(match crate::backend::lm_dtype(exp.model.dtype) {
-        Some(d) => ckpt.with_dtype(d),
-        None => ckpt,
-    })
+    crate::model::vlm::llava_logits(
+        lm,
+        projector,
+        batch.input_ids.clone(),
+        batch.attention_mask.clone(),
+        batch.image_features.clone(),
+        &batch.image_start,
+    )
 }
 
 /// Optimizer steps in a stage: `max_steps`, else `epochs` passes of `grad_accum` micro-batches.
@@ -180,20 +119,80 @@ fn validate<B: QLoraBackend>(
     (count > 0).then(|| sum / count as f64)
 }
 
+/// Everything a stage's loop works with besides what it trains, set up by [`set_up`].
+struct Stage {
+    data: StageData,
+    tok: Tokenizer,
+    device: Device,
+    state: TrainState,
+    total: u64,
+    micro_per_epoch: usize,
+    sched_projector: LrSchedule,
+    sched_lm: LrSchedule,
+}
+
 /// Trains one stage of `ctx.exp` (resuming from its latest checkpoint when there is one).
 pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
+    let (mut s, mut t) = set_up(ctx)?;
+    let (stage, opt) = (ctx.name(), ctx.opt().clone());
+    let bar = progress(&stage, s.total, s.state.step);
+    let mut order = EpochOrder::new(&s.data, &opt, ctx.exp.seed);
+    let mut mem = Memory::default();
+    let t_stage = Instant::now();
+    while s.state.step < s.total {
+        let t0 = Instant::now();
+        let step;
+        (t, step) = train_step(&mut s, t, &mut order, &opt, ctx.exp.seed);
+        let dt = t0.elapsed().as_secs_f64();
+        log_step(ctx, &s, &step, dt, &mut mem)?;
+        bar.set_position(s.state.step);
+        bar.set_message(format!("loss {:.4}", step.loss));
+        progress_line(&stage, &s, step.loss, t_stage);
+        if let Err(e) = end_of_step(ctx, &s, &t, &opt) {
+            if e.downcast_ref::<Interrupted>().is_some() {
+                bar.abandon_with_message(format!("interrupted at step {}", s.state.step));
+            }
+            return Err(e);
+        }
+    }
+    bar.finish_with_message("done");
+    checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
+    let gallery = evaluate::run(
+        ctx.stage,
+        ctx.exp,
+        &t.projector.valid(),
+        &t.lm.valid(),
+        &s.tok,
+        &s.data.eval,
+        &s.data.cache,
+        ctx.metrics,
+        s.state.step,
+    )?;
+    evaluate::write_samples(&ctx.run_dir, ctx.stage, gallery)?;
+    Ok(())
+}
+
+/// The stage's data (what was skipped goes into the metrics), its models (Phi frozen: in
+/// stage 2 with the NF4 base when configured and LoRA adapters trainable; the projector
+/// trainable, in stage 2 from stage 1's), optimizers and schedules, restored from the
+/// latest checkpoint when resuming.
+#[allow(clippy::type_complexity)]
+fn set_up(
+    ctx: &mut StageContext,
+) -> Result<(
+    Stage,
+    Trained<impl Optimizer<Projector<Train>, Train>, impl Optimizer<Phi<Train>, Train>>,
+)> {
     let exp = ctx.exp;
     let opt = ctx.opt().clone();
     let stage = ctx.name();
     crate::backend::check_choice(exp.backend)?;
     let device = crate::backend::device(exp.devices[0]);
-    let vision_dir = data::backbone_dir(&exp.model.vision, exp.data.coco_root.as_ref())?;
-    let lm_dir = data::backbone_dir(&exp.model.lm, exp.data.coco_root.as_ref())?;
-    let tok = Tokenizer::from_dir(&lm_dir)
-        .with_context(|| format!("tokenizer of {}", lm_dir.display()))?;
+    let dirs = assembly::backbone_dirs(exp)?;
+    let tok = Tokenizer::from_dir(&dirs.lm)
+        .with_context(|| format!("tokenizer of {}", dirs.lm.display()))?;
 
-    // Data: sequences and cached CLIP features; what was skipped goes into the metrics.
-    let data = data::prepare(exp, ctx.stage, &vision_dir, &tok)?;
+    let data = data::prepare(exp, ctx.stage, &dirs.vision, &tok)?;
     for (name, v) in data.skips.metrics() {
         ctx.metrics.log(&stage, "data", 0, 0.0, &name, v)?;
     }
@@ -209,41 +208,21 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         ctx.metrics.log(&stage, "data", 0, 0.0, name, v)?;
     }
 
-    // Models: Phi frozen (stage 2: NF4 base when configured, LoRA adapters trainable), the
-    // projector trainable (stage 2 starts from stage 1's).
-    let lora = if ctx.stage == 2 {
-        LoraConfig::from_stage2(&exp.stage2)
-    } else {
-        LoraConfig::frozen()
-    };
-    let lm_cfg = PhiConfig::load(&lm_dir)?;
-    let ckpt = lm_checkpoint(exp, &lm_dir)?;
+    let lora = assembly::lora_config(exp, ctx.stage);
     <Train as Backend>::seed(&device, exp.seed);
-    let lm = Phi::<Train>::load_with(&ckpt, &lm_cfg, &device, &lora)?.freeze_base();
-    drop(ckpt);
+    let (lm, lm_cfg) = assembly::load_lm::<Train>(exp, &dirs.lm, &lora, &device)?;
+    let lm = lm.freeze_base();
     let mut projector: Projector<Train> =
-        projector_config(exp, data.cache.dim(), lm_cfg.hidden_size).init(&device);
+        assembly::projector_config(exp, data.cache.dim(), lm_cfg.hidden_size).init(&device);
     if let Some(dir) = &ctx.stage1_dir {
-        projector = checkpoint::load_projector(projector, &dir.join("final"), &device)?;
+        projector = assembly::load_projector(projector, &dir.join("final"), &device)?;
     }
     if ctx.stage == 2 {
         let m = &mut *ctx.metrics;
-        m.log(
-            &stage,
-            "data",
-            0,
-            0.0,
-            "lm_base_linear_bytes",
-            lm.base_linear_bytes() as f64,
-        )?;
-        m.log(
-            &stage,
-            "data",
-            0,
-            0.0,
-            "adapter_params",
-            lm.adapters().num_params() as f64,
-        )?;
+        let base = lm.base_linear_bytes() as f64;
+        m.log(&stage, "data", 0, 0.0, "lm_base_linear_bytes", base)?;
+        let adapters = lm.adapters().num_params() as f64;
+        m.log(&stage, "data", 0, 0.0, "adapter_params", adapters)?;
     }
     let mut t = Trained {
         projector,
@@ -261,8 +240,6 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     } else {
         (opt.lr, 0.0)
     };
-    let sched_p = LrSchedule::new(&opt, lr_projector, total);
-    let sched_l = LrSchedule::new(&opt, lr_lm, total);
     let mut state = TrainState::new(total);
     if ctx.resume {
         if let Some(ck) = checkpoint::latest(&ctx.checkpoint_dir)? {
@@ -274,165 +251,242 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
             );
         }
     }
+    let stage = Stage {
+        data,
+        tok,
+        device,
+        state,
+        total,
+        micro_per_epoch,
+        sched_projector: LrSchedule::new(&opt, lr_projector, total),
+        sched_lm: LrSchedule::new(&opt, lr_lm, total),
+    };
+    Ok((stage, t))
+}
 
-    let lengths: Vec<usize> = data.train.iter().map(|s| s.len()).collect();
-    let mut order_epoch = u64::MAX;
-    let mut order: Vec<Vec<usize>> = vec![];
-    let bar = progress(&stage, total, state.step);
-    let log_lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let t_stage = std::time::Instant::now();
-    let accum = opt.grad_accum as usize;
-    let mut peak_device = 0f64;
-    while state.step < total {
-        let t0 = Instant::now();
-        // Dropout and any other randomness depend on (seed, step) only, so a resumed run
-        // draws what an uninterrupted one would.
-        <Train as Backend>::seed(
-            &device,
-            exp.seed ^ (state.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        let (mut gp, mut gl) = (GradientsParams::new(), GradientsParams::new());
-        let (mut loss_sum, mut targets, mut tokens, mut samples) = (0.0, 0usize, 0usize, 0usize);
-        for k in 0..accum {
-            let micro = state.step as usize * accum + k;
-            let epoch = (micro / micro_per_epoch) as u64;
-            if epoch != order_epoch {
-                order = epoch_batches(&lengths, opt.batch as usize, exp.seed, epoch, false, false);
-                order_epoch = epoch;
-            }
-            let idx = &order[micro % micro_per_epoch];
-            let batch = data
-                .batcher
-                .batch::<Train>(cached_items(&data.train, idx, &data.cache), &device);
-            tokens += batch.lengths.iter().sum::<usize>();
-            samples += idx.len();
-            let (loss, n) =
-                loss::masked_lm_loss(forward(&t.projector, &t.lm, &batch), batch.labels.clone());
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            targets += n;
-            let mut g = (loss / accum as f64).backward();
-            grads::accumulate::<Train, _>(
-                &t.projector,
-                &mut gp,
-                GradientsParams::from_module(&mut g, &t.projector),
-            );
-            if t.optim_lm.is_some() {
-                grads::accumulate::<Train, _>(
-                    &t.lm,
-                    &mut gl,
-                    GradientsParams::from_module(&mut g, &t.lm),
-                );
-            }
-        }
-        // One global norm over everything trained, as torch's clip_grad_norm_ over all params.
-        let np = grads::global_norm::<Train, _>(&t.projector, &gp);
-        let nl = if t.optim_lm.is_some() {
-            grads::global_norm::<Train, _>(&t.lm, &gl)
-        } else {
-            0.0
-        };
-        let grad_norm = (np * np + nl * nl).sqrt();
-        if opt.clip_grad_norm > 0.0 && grad_norm > opt.clip_grad_norm {
-            let f = opt.clip_grad_norm / (grad_norm + 1e-6);
-            grads::scale::<Train, _>(&t.projector, &mut gp, f);
-            grads::scale::<Train, _>(&t.lm, &mut gl, f);
-        }
-        let (lr_p, lr_l) = (sched_p.lr(state.step), sched_l.lr(state.step));
-        t.projector = t.optim_projector.step(lr_p, t.projector, gp);
-        if let Some(o) = &mut t.optim_lm {
-            t.lm = o.step(lr_l, t.lm, gl);
-        }
-        state.step += 1;
-        state.epoch = (state.step as usize * accum) as f64 / micro_per_epoch as f64;
+/// Which training sequences each micro-batch holds: epoch `e`'s batches, drawn from
+/// (seed, e) when the loop first reaches that epoch.
+struct EpochOrder {
+    lengths: Vec<usize>,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+    batches: Vec<Vec<usize>>,
+}
 
-        let dt = t0.elapsed().as_secs_f64();
-        let loss = loss_sum / accum as f64;
-        let (s, e) = (state.step, state.epoch);
-        let m = &mut *ctx.metrics;
-        m.log(&stage, "train", s, e, "loss", loss)?;
-        if ctx.stage == 2 {
-            m.log(&stage, "train", s, e, "lr/projector", lr_p)?;
-            m.log(&stage, "train", s, e, "lr/lora", lr_l)?;
-        } else {
-            m.log(&stage, "train", s, e, "lr", lr_p)?;
-        }
-        m.log(&stage, "train", s, e, "grad_norm", grad_norm)?;
-        m.log(&stage, "train", s, e, "target_tokens", targets as f64)?;
-        m.log(&stage, "train", s, e, "tokens_per_s", tokens as f64 / dt)?;
-        m.log(&stage, "train", s, e, "samples_per_s", samples as f64 / dt)?;
-        m.log(&stage, "train", s, e, "step_time_s", dt)?;
-        // Peak memory: the GPU allocator's reserved bytes on a GPU, else the process RSS.
-        let rss = peak_rss_bytes();
-        match crate::backend::device_memory(&device) {
-            Some((in_use, reserved)) => {
-                peak_device = peak_device.max(reserved as f64);
-                m.log(&stage, "train", s, e, "peak_mem_bytes", peak_device)?;
-                m.log(
-                    &stage,
-                    "train",
-                    s,
-                    e,
-                    "device_mem_in_use_bytes",
-                    in_use as f64,
-                )?;
-                m.log(&stage, "train", s, e, "peak_rss_bytes", rss)?;
-            }
-            None => m.log(&stage, "train", s, e, "peak_mem_bytes", rss)?,
-        }
-        bar.set_position(s);
-        bar.set_message(format!("loss {loss:.4}"));
-        // Without a terminal (logs, parallel sweep workers) the bar is hidden: a line every
-        // tenth of the stage instead.
-        if log_lines && (s % (total / 10).max(1) == 0 || s == total) {
-            eprintln!(
-                "{stage}: step {s}/{total} loss {loss:.4} ({:.0}s)",
-                t_stage.elapsed().as_secs_f64()
-            );
-        }
-
-        let last = state.step == total;
-        if (opt.eval_every > 0 && s % opt.eval_every == 0) || last {
-            if let Some(v) = validate(
-                &t.projector.valid(),
-                &t.lm.valid(),
-                &data,
-                opt.batch as usize,
-                &device,
-            ) {
-                m.log(&stage, "val", s, e, "loss", v)?;
-                m.log(&stage, "val", s, e, "perplexity", v.exp())?;
-            }
-        }
-        let interrupted = crate::store::interrupted();
-        if (opt.checkpoint_every > 0 && s % opt.checkpoint_every == 0) || interrupted || last {
-            // Metrics first: a checkpoint never claims steps whose metrics were lost.
-            ctx.metrics.flush()?;
-            checkpoint::save(
-                &ctx.checkpoint_dir,
-                &t,
-                &state,
-                opt.keep_checkpoints as usize,
-            )?;
-        }
-        if interrupted && !last {
-            bar.abandon_with_message(format!("interrupted at step {s}"));
-            return Err(Interrupted.into());
+impl EpochOrder {
+    fn new(data: &StageData, opt: &StageConfig, seed: u64) -> Self {
+        EpochOrder {
+            lengths: data.train.iter().map(|s| s.len()).collect(),
+            batch: opt.batch as usize,
+            seed,
+            epoch: u64::MAX,
+            batches: vec![],
         }
     }
-    bar.finish_with_message("done");
-    checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
-    let gallery = evaluate::run(
-        ctx.stage,
-        exp,
-        &t.projector.valid(),
-        &t.lm.valid(),
-        &tok,
-        &data.eval,
-        &data.cache,
-        ctx.metrics,
-        state.step,
-    )?;
-    evaluate::write_samples(&ctx.run_dir, ctx.stage, gallery)?;
+
+    /// The sequences of global micro-batch `micro`.
+    fn micro_batch(&mut self, micro: usize, per_epoch: usize) -> &[usize] {
+        let epoch = (micro / per_epoch) as u64;
+        if epoch != self.epoch {
+            self.batches = epoch_batches(&self.lengths, self.batch, self.seed, epoch, false, false);
+            self.epoch = epoch;
+        }
+        &self.batches[micro % per_epoch]
+    }
+}
+
+/// What one optimizer step did.
+struct StepStats {
+    /// Mean of the micro-batches' losses.
+    loss: f64,
+    grad_norm: f64,
+    lr_projector: f64,
+    lr_lm: f64,
+    targets: usize,
+    tokens: usize,
+    samples: usize,
+}
+
+/// One optimizer step: `grad_accum` micro-batches forward and backward, gradients summed,
+/// one global norm clipped over everything trained, both optimizers stepped.
+fn train_step<OP, OL>(
+    s: &mut Stage,
+    mut t: Trained<OP, OL>,
+    order: &mut EpochOrder,
+    opt: &StageConfig,
+    seed: u64,
+) -> (Trained<OP, OL>, StepStats)
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
+    let device = &s.device;
+    // Dropout and any other randomness depend on (seed, step) only, so a resumed run draws
+    // what an uninterrupted one would.
+    <Train as Backend>::seed(
+        device,
+        seed ^ (s.state.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let accum = opt.grad_accum as usize;
+    let (mut gp, mut gl) = (GradientsParams::new(), GradientsParams::new());
+    let (mut loss_sum, mut targets, mut tokens, mut samples) = (0.0, 0usize, 0usize, 0usize);
+    for k in 0..accum {
+        let micro = s.state.step as usize * accum + k;
+        let idx = order.micro_batch(micro, s.micro_per_epoch);
+        let batch = s
+            .data
+            .batcher
+            .batch::<Train>(cached_items(&s.data.train, idx, &s.data.cache), device);
+        tokens += batch.lengths.iter().sum::<usize>();
+        samples += idx.len();
+        let (loss, n) =
+            loss::masked_lm_loss(forward(&t.projector, &t.lm, &batch), batch.labels.clone());
+        loss_sum += loss.clone().into_scalar().elem::<f64>();
+        targets += n;
+        let mut g = (loss / accum as f64).backward();
+        grads::accumulate::<Train, _>(
+            &t.projector,
+            &mut gp,
+            GradientsParams::from_module(&mut g, &t.projector),
+        );
+        if t.optim_lm.is_some() {
+            grads::accumulate::<Train, _>(
+                &t.lm,
+                &mut gl,
+                GradientsParams::from_module(&mut g, &t.lm),
+            );
+        }
+    }
+    // One global norm over everything trained, as torch's clip_grad_norm_ over all params.
+    let np = grads::global_norm::<Train, _>(&t.projector, &gp);
+    let nl = if t.optim_lm.is_some() {
+        grads::global_norm::<Train, _>(&t.lm, &gl)
+    } else {
+        0.0
+    };
+    let grad_norm = (np * np + nl * nl).sqrt();
+    if opt.clip_grad_norm > 0.0 && grad_norm > opt.clip_grad_norm {
+        let f = opt.clip_grad_norm / (grad_norm + 1e-6);
+        grads::scale::<Train, _>(&t.projector, &mut gp, f);
+        grads::scale::<Train, _>(&t.lm, &mut gl, f);
+    }
+    let lr_projector = s.sched_projector.lr(s.state.step);
+    let lr_lm = s.sched_lm.lr(s.state.step);
+    t.projector = t.optim_projector.step(lr_projector, t.projector, gp);
+    if let Some(o) = &mut t.optim_lm {
+        t.lm = o.step(lr_lm, t.lm, gl);
+    }
+    s.state.step += 1;
+    s.state.epoch = (s.state.step as usize * accum) as f64 / s.micro_per_epoch as f64;
+    let stats = StepStats {
+        loss: loss_sum / accum as f64,
+        grad_norm,
+        lr_projector,
+        lr_lm,
+        targets,
+        tokens,
+        samples,
+    };
+    (t, stats)
+}
+
+/// The highest device memory the allocator reserved so far (GPU only).
+#[derive(Default)]
+struct Memory {
+    peak_device: f64,
+}
+
+/// The step's metrics: loss, learning rates, gradient norm, throughput and memory.
+fn log_step(
+    ctx: &mut StageContext,
+    s: &Stage,
+    st: &StepStats,
+    dt: f64,
+    mem: &mut Memory,
+) -> Result<()> {
+    let stage = ctx.name();
+    let (step, e) = (s.state.step, s.state.epoch);
+    let two = ctx.stage == 2;
+    let m = &mut *ctx.metrics;
+    let mut log = |name: &str, v: f64| m.log(&stage, "train", step, e, name, v);
+    log("loss", st.loss)?;
+    if two {
+        log("lr/projector", st.lr_projector)?;
+        log("lr/lora", st.lr_lm)?;
+    } else {
+        log("lr", st.lr_projector)?;
+    }
+    log("grad_norm", st.grad_norm)?;
+    log("target_tokens", st.targets as f64)?;
+    log("tokens_per_s", st.tokens as f64 / dt)?;
+    log("samples_per_s", st.samples as f64 / dt)?;
+    log("step_time_s", dt)?;
+    // Peak memory: the GPU allocator's reserved bytes on a GPU, else the process RSS.
+    let rss = peak_rss_bytes();
+    match crate::backend::device_memory(&s.device) {
+        Some((in_use, reserved)) => {
+            mem.peak_device = mem.peak_device.max(reserved as f64);
+            log("peak_mem_bytes", mem.peak_device)?;
+            log("device_mem_in_use_bytes", in_use as f64)?;
+            log("peak_rss_bytes", rss)?;
+        }
+        None => log("peak_mem_bytes", rss)?,
+    }
+    Ok(())
+}
+
+/// Without a terminal (logs, parallel sweep workers) the bar is hidden: a line every tenth
+/// of the stage instead.
+fn progress_line(stage: &str, s: &Stage, loss: f64, t_stage: Instant) {
+    let (step, total) = (s.state.step, s.total);
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && (step % (total / 10).max(1) == 0 || step == total)
+    {
+        eprintln!(
+            "{stage}: step {step}/{total} loss {loss:.4} ({:.0}s)",
+            t_stage.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Validation and checkpoints when due; [`Interrupted`] after checkpointing when a signal
+/// asked the run to stop.
+fn end_of_step<OP, OL>(
+    ctx: &mut StageContext,
+    s: &Stage,
+    t: &Trained<OP, OL>,
+    opt: &StageConfig,
+) -> Result<()>
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
+    let stage = ctx.name();
+    let (step, e) = (s.state.step, s.state.epoch);
+    let last = step == s.total;
+    if (opt.eval_every > 0 && step % opt.eval_every == 0) || last {
+        let (p, lm) = (t.projector.valid(), t.lm.valid());
+        if let Some(v) = validate(&p, &lm, &s.data, opt.batch as usize, &s.device) {
+            ctx.metrics.log(&stage, "val", step, e, "loss", v)?;
+            ctx.metrics
+                .log(&stage, "val", step, e, "perplexity", v.exp())?;
+        }
+    }
+    let interrupted = crate::store::interrupted();
+    if (opt.checkpoint_every > 0 && step % opt.checkpoint_every == 0) || interrupted || last {
+        // Metrics first: a checkpoint never claims steps whose metrics were lost.
+        ctx.metrics.flush()?;
+        checkpoint::save(
+            &ctx.checkpoint_dir,
+            t,
+            &s.state,
+            opt.keep_checkpoints as usize,
+        )?;
+    }
+    if interrupted && !last {
+        return Err(Interrupted.into());
+    }
     Ok(())
 }
 

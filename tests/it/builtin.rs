@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use harness::backbones as builtin;
 use harness::data::synth::{generate, SynthOptions};
-use harness::pretrain::builtin;
 
 use crate::common::{harness_train, succeed, write};
 

@@ -1,6 +1,7 @@
 //! `harness data check` / `data show` library side on the fixtures.
 
-use harness::data::inspect::{check, show, DataSpec};
+use harness::data::inspect::{check, show};
+use harness::data::samples::DataSpec;
 use harness::data::sequence::{ChatTemplate, IGNORE};
 use harness::data::SkipReason;
 

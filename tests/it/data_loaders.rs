@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use harness::data::coco::load_captions;
 use harness::data::images::{load_rgb, ImageRoot};
-use harness::data::inspect::{drop_undecodable_conversations, limit, undecodable};
 use harness::data::instruct::{holdout, load_instruct, strip_image_token};
+use harness::data::samples::{drop_undecodable_conversations, limit, undecodable};
 use harness::data::{SkipReason, SkipReport};
 
 pub fn fixtures() -> PathBuf {

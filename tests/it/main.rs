@@ -16,6 +16,7 @@ mod data_synth;
 mod eval_captions;
 mod eval_generate;
 mod infer_cli;
+mod layers;
 mod model_errors;
 mod model_parity;
 mod model_vlm;

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use harness::backbones::ClipPretrainOptions;
 use harness::backend::Compute;
 use harness::data::synth::{generate, SynthOptions};
 use harness::model::clip::{ClipVision, ClipVisionConfig, FeatureSelect};
 use harness::model::preprocess::PreprocessConfig;
-use harness::pretrain::clip::{load_split, pretrain_clip, ClipPretrainOptions};
+use harness::pretrain::clip::{load_split, pretrain_clip};
 
 fn world(dir: &Path) {
     generate(

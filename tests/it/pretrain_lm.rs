@@ -3,6 +3,7 @@
 //! documents are laid out exactly as stage 2 lays out the conversation.
 
 use burn::prelude::*;
+use harness::backbones::LmPretrainOptions;
 use harness::backend::Compute;
 use harness::data::sequence::{ChatTemplate, SequenceBuilder};
 use harness::data::synth::{generate, SynthOptions};
@@ -10,7 +11,7 @@ use harness::model::checkpoint::{read_all_f32, Checkpoint};
 use harness::model::lora::LoraConfig;
 use harness::model::phi::{Phi, PhiConfig};
 use harness::model::tokenizer::Tokenizer;
-use harness::pretrain::lm::{pretrain_lm, step_docs, Corpus, Doc, LmPretrainOptions, EOS};
+use harness::pretrain::lm::{pretrain_lm, step_docs, Corpus, Doc, EOS};
 
 fn values(t: Tensor<Compute, 3>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()

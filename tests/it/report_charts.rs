@@ -139,7 +139,7 @@ fn drawn_curves_keep_spikes_of_long_runs() {
         } else {
             2.0 - step as f64 * 1e-5
         };
-        rows.push(harness::metrics::Row {
+        rows.push(harness::store::metrics::Row {
             run_id: "r".into(),
             stage: "stage1".into(),
             split: "train".into(),

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use harness::metrics::MetricsWriter;
 use harness::report::{compare, CompareOptions};
+use harness::store::metrics::MetricsWriter;
 use harness::store::Store;
 
 use crate::report_pages::{parse, sel, two_runs};
@@ -36,7 +36,7 @@ fn compare_runs_with_100k_rows_each() {
             }
         }
         w.flush().unwrap();
-        harness::metrics::compact(&store.run_dir(run).join("metrics")).unwrap();
+        harness::store::metrics::compact(&store.run_dir(run).join("metrics")).unwrap();
     }
     let store = Store::new(&store.root);
     let t = Instant::now();

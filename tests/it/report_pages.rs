@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::metrics::MetricsWriter;
 use harness::report::{self, compare, leaderboard, CompareOptions};
+use harness::store::metrics::MetricsWriter;
 use harness::store::{State, Store};
 use scraper::{Html, Selector};
 

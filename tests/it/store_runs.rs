@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use harness::metrics::{self, MetricsWriter};
-use harness::provenance::code_state;
+use harness::store::metrics::{self, MetricsWriter};
+use harness::store::provenance::code_state;
 use harness::store::{State, Store};
 
 use crate::common::{experiment, harness, succeed, wait_for, write};

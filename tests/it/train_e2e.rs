@@ -8,8 +8,8 @@ use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use harness::backend::Compute;
 use harness::data::synth::{generate, SynthOptions};
-use harness::metrics;
 use harness::model::projector::{Projector, ProjectorConfig};
+use harness::store::metrics;
 use harness::store::{State, Store};
 
 use crate::common::{harness_train, repo_path, succeed, wait_for, write};
@@ -278,7 +278,7 @@ fn adapter_values(run_dir: &Path) -> Vec<f32> {
         &lora,
     )
     .unwrap();
-    let lm = harness::train::checkpoint::load_adapters(
+    let lm = harness::model::assembly::load_adapters(
         lm,
         &run_dir.join("checkpoints/stage2/final"),
         &dev,

@@ -6,18 +6,17 @@
 //! their initial weights in an order that depends on timing. The children's output comes
 //! through line by line, prefixed with what it belongs to.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::plan::{Outcome, PlannedRun, RunOutcome, StageAction};
-use crate::provenance::CodeState;
+use crate::store::provenance::CodeState;
 use crate::store::{self, State, Store};
+use crate::sweep::plan::{Outcome, PlannedRun, RunOutcome, StageAction};
 
 /// Worker processes for `--jobs 0` (auto): one per core, at most one per run to train, and
 /// one for GPU experiments (they would share the device).
@@ -35,23 +34,28 @@ pub fn auto_jobs(runs: &[PlannedRun]) -> usize {
     cores.min(to_train).max(1)
 }
 
-fn needs_training(p: &PlannedRun) -> bool {
+pub(super) fn needs_training(p: &PlannedRun) -> bool {
     p.stages
         .iter()
         .any(|s| matches!(s, StageAction::Run | StageAction::Resume))
 }
 
 /// A child process whose output is forwarded with a prefix.
-struct Worker {
+pub(super) struct Worker {
     child: Child,
     forward: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn spawn(args: &[String], prefix: &str, results: &Path, code: Option<&Path>) -> Result<Worker> {
+pub(super) fn spawn(
+    args: &[String],
+    prefix: &str,
+    results: &Path,
+    code: Option<&Path>,
+) -> Result<Worker> {
     let exe = std::env::current_exe().context("finding the harness executable")?;
     let mut cmd = Command::new(&exe);
     if let Some(dir) = code {
-        cmd.env(crate::plan::CODE_STATE_ENV, dir);
+        cmd.env(crate::sweep::plan::CODE_STATE_ENV, dir);
     }
     let mut child = cmd
         .args(args)
@@ -99,7 +103,7 @@ fn finish(mut w: Worker) -> bool {
 /// Runs `todo` (ids into some list) on up to `jobs` children made by `start`. `choose`
 /// picks the next item among those waiting (given those running), or none for now; returns
 /// each item's success.
-fn pool(
+pub(super) fn pool(
     todo: Vec<usize>,
     jobs: usize,
     mut choose: impl FnMut(&[usize], &[usize]) -> Option<usize>,
@@ -148,74 +152,6 @@ fn pool(
     // Interrupted before these started.
     done.extend(waiting.into_iter().map(|i| (i, false)));
     done
-}
-
-/// Builds the missing builtin backbones of `runs` before any run starts, side by side
-/// (language models first: the longest builds), one child process each.
-pub fn prepare_backbones(runs: &[PlannedRun], jobs: usize, results: &Path) -> Result<()> {
-    let mut todo: BTreeSet<(bool, String, PathBuf)> = BTreeSet::new();
-    for p in runs.iter().filter(|p| needs_training(p)) {
-        let e = &p.exp.exp;
-        for spec in [&e.model.lm, &e.model.vision] {
-            let Some(name) = spec.strip_prefix("builtin:") else {
-                continue;
-            };
-            let world = PathBuf::from(&e.data.coco_root);
-            // An unknown name or a missing world is left to the run, which reports it.
-            let (Ok(recipe), Ok(dir)) = (
-                crate::pretrain::builtin::recipe(name),
-                crate::pretrain::builtin::dir(name, &world),
-            ) else {
-                continue;
-            };
-            if !dir.join("config.json").exists() {
-                let is_lm = matches!(recipe, crate::pretrain::builtin::Recipe::Lm(_));
-                todo.insert((!is_lm, name.to_string(), world));
-            }
-        }
-    }
-    if todo.is_empty() {
-        return Ok(());
-    }
-    // Even one missing backbone is built here, once: workers starting together would each
-    // build it.
-    let todo: Vec<(bool, String, PathBuf)> = todo.into_iter().collect();
-    eprintln!(
-        "building {} backbones, {} at a time: {}",
-        todo.len(),
-        jobs,
-        todo.iter()
-            .map(|(_, n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let done = pool(
-        (0..todo.len()).collect(),
-        jobs,
-        |_, _| Some(0),
-        |i| {
-            let (_, name, world) = &todo[i];
-            let args = vec![
-                "pretrain".into(),
-                "builtin".into(),
-                name.clone(),
-                "--world".into(),
-                world.display().to_string(),
-            ];
-            spawn(&args, name, results, None)
-        },
-    );
-    let failed: Vec<&str> = done
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(i, _)| todo[*i].1.as_str())
-        .collect();
-    anyhow::ensure!(
-        failed.is_empty() || store::interrupted(),
-        "building builtin backbones failed: {}",
-        failed.join(", ")
-    );
-    Ok(())
 }
 
 /// Runs the planned runs on up to `jobs` children (`harness run FILE --resume`). A run whose

@@ -7,6 +7,14 @@
 //! systems alike. A claim is stale when its owner is a dead pid on this host, or when the
 //! owner's heartbeat (refreshed in `status.json` every few seconds) is older than the
 //! heartbeat timeout; a stale claim may be taken over by exactly one claimant.
+//!
+//! Beside the store itself: [`metrics`] (the Parquet metrics table), [`provenance`] (the
+//! git identity and environment of a run) and [`runs`] (one-line summaries for `ls`,
+//! `show` and the reports).
+
+pub mod metrics;
+pub mod provenance;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -339,7 +347,7 @@ impl Store {
         crate::config::parse(&text, &p.display().to_string())
     }
 
-    pub fn read_provenance(&self, run_id: &str) -> Result<crate::provenance::Provenance> {
+    pub fn read_provenance(&self, run_id: &str) -> Result<provenance::Provenance> {
         read_json(&self.run_dir(run_id).join("provenance.json"))
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::metrics;
+use crate::store::metrics;
 use crate::store::{StageStatus, Status, Store};
 
 /// One run as listed: identity, state, and the last value of every metric.

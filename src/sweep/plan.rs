@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::{self, LoadedExperiment, StageKeys};
 use crate::fsutil::{now_rfc3339, write_atomic, write_json};
-use crate::metrics::{self, MetricsWriter};
-use crate::provenance::{CodeState, Provenance};
-use crate::stage::{Interrupted, StageContext, StageRunner};
+use crate::store::metrics::{self, MetricsWriter};
+use crate::store::provenance::{CodeState, Provenance};
 use crate::store::{self, LiveRun, StageStatus, State, Store};
+use crate::train::stage::{Interrupted, StageContext, StageRunner};
 
 /// What will happen to one stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -468,7 +468,7 @@ pub fn code_dir() -> Result<PathBuf> {
 }
 
 /// Where a parallel sweep's workers find the code state their parent read
-/// ([`crate::parallel`]): all its runs carry the state of the sweep's start, as in a
+/// ([`crate::sweep::parallel`]): all its runs carry the state of the sweep's start, as in a
 /// sequential sweep, even when the tree changes while they run.
 pub const CODE_STATE_ENV: &str = "HARNESS_SWEEP_CODE_STATE";
 
@@ -483,5 +483,5 @@ pub fn code_state_here() -> CodeState {
             ),
         }
     }
-    crate::provenance::code_state(&code_dir().unwrap_or_else(|_| Path::new(".").into()))
+    crate::store::provenance::code_state(&code_dir().unwrap_or_else(|_| Path::new(".").into()))
 }

@@ -1,0 +1,14 @@
+//! Sweeps: experiments planned into stages keyed by their hashes, completed stages reused,
+//! the rest run under claims so that any number of workers on one results folder train
+//! each stage once.
+//!
+//! - [`plan`]: load and validate experiment files, decide per stage (run, resume, reuse),
+//!   and execute a planned run in the store.
+//! - [`backbones`]: the `builtin:` backbones a sweep needs, built before any run starts.
+//! - [`parallel`]: `--jobs N` worker processes side by side.
+//! - [`runner`]: which stage runner trains (the real trainer, or the tests' stand-in).
+
+pub mod backbones;
+pub mod parallel;
+pub mod plan;
+pub mod runner;
