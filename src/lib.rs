@@ -20,6 +20,7 @@ pub mod pretrain;
 pub mod provenance;
 pub mod report;
 pub mod runs;
+pub mod slurm;
 pub mod stage;
 pub mod store;
 pub mod train;
