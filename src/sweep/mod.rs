@@ -12,3 +12,4 @@ pub mod backbones;
 pub mod parallel;
 pub mod plan;
 pub mod runner;
+pub mod slurm;

@@ -26,6 +26,7 @@ mod qlora;
 mod report_charts;
 mod report_cost;
 mod report_pages;
+mod slurm_cluster;
 mod store_runs;
 mod train_e2e;
 mod train_step;
