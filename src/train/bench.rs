@@ -16,7 +16,8 @@ use crate::model::lora::LoraConfig;
 use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig};
-use crate::train::{forward, grads, loss::masked_lm_loss, peak_rss_bytes};
+use crate::backend::peak_rss_bytes;
+use crate::train::{forward, grads, loss::masked_lm_loss};
 
 /// The sizes of one benchmark (a TOML file or flags; `scripts/bench_torch.py` reads the same
 /// file).

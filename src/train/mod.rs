@@ -82,19 +82,6 @@ fn adamw(opt: &StageConfig) -> AdamWConfig {
         .with_weight_decay(opt.weight_decay as f32)
 }
 
-/// Peak resident memory of this process in bytes (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb * 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 /// Mean loss over the validation sequences (inference backend, no graph).
 fn validate<B: QLoraBackend>(
     projector: &Projector<B>,
@@ -264,11 +251,13 @@ fn set_up(
     Ok((stage, t))
 }
 
-/// Which training sequences each micro-batch holds: epoch `e`'s batches, drawn from
-/// (seed, e) when the loop first reaches that epoch.
+/// Which training sequences each micro-batch holds: epoch `e`'s batches (grouped by length
+/// unless the stage says not), drawn from (seed, e) when the loop first reaches that epoch,
+/// so a resumed run sees the batches an uninterrupted one would.
 struct EpochOrder {
     lengths: Vec<usize>,
     batch: usize,
+    by_length: bool,
     seed: u64,
     epoch: u64,
     batches: Vec<Vec<usize>>,
@@ -279,6 +268,7 @@ impl EpochOrder {
         EpochOrder {
             lengths: data.train.iter().map(|s| s.len()).collect(),
             batch: opt.batch as usize,
+            by_length: opt.group_by_length,
             seed,
             epoch: u64::MAX,
             batches: vec![],
@@ -289,7 +279,14 @@ impl EpochOrder {
     fn micro_batch(&mut self, micro: usize, per_epoch: usize) -> &[usize] {
         let epoch = (micro / per_epoch) as u64;
         if epoch != self.epoch {
-            self.batches = epoch_batches(&self.lengths, self.batch, self.seed, epoch, false, false);
+            self.batches = epoch_batches(
+                &self.lengths,
+                self.batch,
+                self.seed,
+                epoch,
+                self.by_length,
+                false,
+            );
             self.epoch = epoch;
         }
         &self.batches[micro % per_epoch]
@@ -423,7 +420,7 @@ fn log_step(
     log("samples_per_s", st.samples as f64 / dt)?;
     log("step_time_s", dt)?;
     // Peak memory: the GPU allocator's reserved bytes on a GPU, else the process RSS.
-    let rss = peak_rss_bytes();
+    let rss = crate::backend::peak_rss_bytes();
     match crate::backend::device_memory(&s.device) {
         Some((in_use, reserved)) => {
             mem.peak_device = mem.peak_device.max(reserved as f64);
