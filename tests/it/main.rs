@@ -13,6 +13,7 @@ mod data_inspect;
 mod data_loaders;
 mod data_sequence;
 mod data_synth;
+mod eval_bench;
 mod eval_captions;
 mod eval_generate;
 mod infer_cli;
