@@ -18,9 +18,10 @@ use burn::prelude::*;
 use burn::tensor::Bool;
 use serde_json::Value;
 
+use super::attention::mask_bias;
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
-use super::{attention_biased, mask_bias, Activation, FlatForward};
+use super::{Activation, FlatForward};
 
 /// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
 /// the top level (the microsoft/phi-2 file) or from `rope_parameters` (current transformers).
@@ -464,7 +465,9 @@ impl<B: QLoraBackend> PhiLayer<B> {
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone());
-        let a = self.resid_dropout.forward(self.attn(h.clone(), rope, bias, cache));
+        let a = self
+            .resid_dropout
+            .forward(self.attn(h.clone(), rope, bias, cache));
         let m = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
         a + self.resid_dropout.forward(m) + x
     }
@@ -495,7 +498,7 @@ impl<B: QLoraBackend> PhiLayer<B> {
             *slot = Some((k.clone(), v.clone()));
         }
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let o = attention_biased(q, k, v, bias)
+        let o = <B as QLoraBackend>::attention(q, k, v, bias)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
         self.dense.forward(o)
