@@ -26,5 +26,6 @@ mod report_charts;
 mod report_cost;
 mod report_pages;
 mod store_runs;
+mod synth_backbone;
 mod train_e2e;
 mod train_step;
