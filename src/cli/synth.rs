@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(parse_size("200MB").unwrap(), 200_000_000);
         assert_eq!(parse_size("8Gb").unwrap(), 1_000_000_000);
         assert_eq!(parse_size("1048576").unwrap(), 1_048_576);
-        assert!(parse_size("5TB").unwrap_err().to_string().contains("unknown unit `TB`"));
+        assert!(parse_size("5TB")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit `TB`"));
         assert!(parse_size("GB").is_err());
         assert!(parse_size("0MB").is_err());
     }
@@ -217,7 +220,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let bb = parse(&["harness", "synth", "backbone", "--like", "phi-2", "--out", "x", "--seed", "3"]).unwrap();
+        let bb = parse(&[
+            "harness", "synth", "backbone", "--like", "phi-2", "--out", "x", "--seed", "3",
+        ])
+        .unwrap();
         match bb.command {
             crate::cli::Command::Synth(SynthArgs {
                 command: Some(SynthCommand::Backbone(b)),
@@ -230,7 +236,10 @@ mod tests {
         }
         // The world needs --out; the two forms do not mix.
         assert!(parse(&["harness", "synth"]).is_err());
-        assert!(parse(&["harness", "synth", "--images", "3", "backbone", "--like", "phi-2", "--out", "x"]).is_err());
+        assert!(parse(&[
+            "harness", "synth", "--images", "3", "backbone", "--like", "phi-2", "--out", "x"
+        ])
+        .is_err());
         assert!(parse(&["harness", "synth", "backbone", "--out", "x"]).is_err());
     }
 }

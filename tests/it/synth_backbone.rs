@@ -15,24 +15,26 @@ use super::common::succeed;
 fn cli_writes_a_phi2_the_harness_loads_with_phi2s_dims() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("phi-2");
-    let run = succeed(std::process::Command::new(env!("CARGO_BIN_EXE_harness")).args([
-        "synth",
-        "backbone",
-        "--like",
-        "microsoft/phi-2",
-        "--out",
-        out.to_str().unwrap(),
-        "--seed",
-        "1",
-        "--shrink-layers",
-        "1",
-        "--shrink-vocab",
-        "512",
-        "--max-shard-size",
-        "100MB",
-        "--threads",
-        "2",
-    ]));
+    let run = succeed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness")).args([
+            "synth",
+            "backbone",
+            "--like",
+            "microsoft/phi-2",
+            "--out",
+            out.to_str().unwrap(),
+            "--seed",
+            "1",
+            "--shrink-layers",
+            "1",
+            "--shrink-vocab",
+            "512",
+            "--max-shard-size",
+            "100MB",
+            "--threads",
+            "2",
+        ]),
+    );
     let said = String::from_utf8_lossy(&run.stdout);
     assert!(said.contains("wrote microsoft/phi-2 (19 tensors"), "{said}");
 
@@ -92,14 +94,21 @@ fn cli_writes_a_phi2_the_harness_loads_with_phi2s_dims() {
 
     let ck = Checkpoint::open(&out).unwrap();
     assert_eq!(ck.names().len(), 19);
-    let ln = ck.read_f32("model.layers.0.input_layernorm.weight", &[2560]).unwrap();
+    let ln = ck
+        .read_f32("model.layers.0.input_layernorm.weight", &[2560])
+        .unwrap();
     assert!(ln.iter().all(|&x| x == 1.0));
-    let w = ck.read_f32("model.layers.0.mlp.fc1.weight", &[10240, 2560]).unwrap();
+    let w = ck
+        .read_f32("model.layers.0.mlp.fc1.weight", &[10240, 2560])
+        .unwrap();
     let n = w.len() as f64;
     let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
     let sd = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
     // 26 M draws of N(0, 0.02), stored in f16.
-    assert!(mean.abs() < 2e-5 && (sd - 0.02).abs() < 2e-5, "mean {mean} sd {sd}");
+    assert!(
+        mean.abs() < 2e-5 && (sd - 0.02).abs() < 2e-5,
+        "mean {mean} sd {sd}"
+    );
 
     let dev = Default::default();
     let (lm, _) = Phi::<Compute>::from_dir(&out, &dev).unwrap();
@@ -115,7 +124,8 @@ fn cli_writes_a_phi2_the_harness_loads_with_phi2s_dims() {
     assert_eq!(ids, [15496, 995]);
     assert_eq!(tok.eos_id, Some(50256));
     // One forward pass at the real width is finite.
-    let ids = Tensor::<Compute, 2, Int>::from_data(TensorData::new(vec![1i64, 7, 300], [1, 3]), &dev);
+    let ids =
+        Tensor::<Compute, 2, Int>::from_data(TensorData::new(vec![1i64, 7, 300], [1, 3]), &dev);
     let logits = lm.forward(ids, None);
     assert_eq!(logits.dims(), [1, 3, 512]);
     let finite: Vec<f32> = logits.into_data().to_vec().unwrap();
@@ -126,15 +136,17 @@ fn cli_writes_a_phi2_the_harness_loads_with_phi2s_dims() {
 fn synth_world_form_still_works_and_refuses_mixing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("world");
-    succeed(std::process::Command::new(env!("CARGO_BIN_EXE_harness")).args([
-        "synth",
-        "--out",
-        out.to_str().unwrap(),
-        "--images",
-        "4",
-        "--size",
-        "32",
-    ]));
+    succeed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness")).args([
+            "synth",
+            "--out",
+            out.to_str().unwrap(),
+            "--images",
+            "4",
+            "--size",
+            "32",
+        ]),
+    );
     assert!(out.join("annotations/captions_train2017.json").exists());
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
         .args(["synth", "backbone", "--like", "phi-3", "--out"])

@@ -97,7 +97,11 @@ mod tests {
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         let sd = var.sqrt();
-        let within = v.iter().filter(|&&x| ((x as f64) - mean).abs() < sd).count() as f64 / n;
+        let within = v
+            .iter()
+            .filter(|&&x| ((x as f64) - mean).abs() < sd)
+            .count() as f64
+            / n;
         let m4 = v.iter().map(|&x| (x as f64 - mean).powi(4)).sum::<f64>() / n;
         (mean, sd, within, m4 / (var * var) - 3.0)
     }
@@ -111,7 +115,10 @@ mod tests {
         // one-sigma fraction 3.3e-4, excess kurtosis 1.7e-3; bounds are ~5 of them.
         assert!(mean.abs() < 7e-5, "mean {mean}");
         assert!((sd - 0.02).abs() < 6e-5, "sd {sd}");
-        assert!((within - 0.682_689).abs() < 2e-3, "within one sigma {within}");
+        assert!(
+            (within - 0.682_689).abs() < 2e-3,
+            "within one sigma {within}"
+        );
         assert!(kurt.abs() < 1e-2, "excess kurtosis {kurt}");
     }
 
@@ -120,7 +127,10 @@ mod tests {
         let a = values(Init::Normal, 1, "w", BLOCK + 10, 1.0);
         assert_eq!(a, values(Init::Normal, 1, "w", BLOCK + 10, 1.0));
         // A shorter tensor of the same name is a prefix (blocks do not depend on length).
-        assert_eq!(&a[..BLOCK + 3], &values(Init::Normal, 1, "w", BLOCK + 3, 1.0)[..]);
+        assert_eq!(
+            &a[..BLOCK + 3],
+            &values(Init::Normal, 1, "w", BLOCK + 3, 1.0)[..]
+        );
         assert_ne!(a[..64], values(Init::Normal, 2, "w", 64, 1.0)[..]);
         assert_ne!(a[..64], values(Init::Normal, 1, "v", 64, 1.0)[..]);
         // The second block is not a copy of the first.

@@ -38,9 +38,14 @@ pub fn gpt2_tokens() -> Result<Vec<Vec<u8>>> {
             .parse()
             .with_context(|| format!("gpt2.tiktoken line {}: bad rank", line_no + 1))?;
         if rank != tokens.len() {
-            bail!("gpt2.tiktoken line {}: rank {rank} out of order", line_no + 1);
+            bail!(
+                "gpt2.tiktoken line {}: rank {rank} out of order",
+                line_no + 1
+            );
         }
-        tokens.push(base64_decode(b64).with_context(|| format!("gpt2.tiktoken line {}", line_no + 1))?);
+        tokens.push(
+            base64_decode(b64).with_context(|| format!("gpt2.tiktoken line {}", line_no + 1))?,
+        );
     }
     Ok(tokens)
 }
@@ -81,7 +86,8 @@ fn base64_decode(s: &str) -> Result<Vec<u8>> {
 /// GPT-2's byte-to-unicode alphabet: printable Latin-1 bytes stand for themselves, the
 /// other 68 (controls, space, ...) map to U+0100 upwards in byte order.
 pub fn byte_alphabet() -> [char; 256] {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut map = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
@@ -160,7 +166,11 @@ pub fn write_tokenizer(dir: &Path) -> Result<Vec<String>> {
 
     // vocab.json: compact, in id order, `<|endoftext|>` last (as GPT-2's has it).
     let mut vocab = String::from("{");
-    for (id, t) in text.iter().chain(std::iter::once(&ENDOFTEXT.to_string())).enumerate() {
+    for (id, t) in text
+        .iter()
+        .chain(std::iter::once(&ENDOFTEXT.to_string()))
+        .enumerate()
+    {
         if id > 0 {
             vocab.push(',');
         }
@@ -198,7 +208,10 @@ pub fn write_tokenizer(dir: &Path) -> Result<Vec<String>> {
     tok.with_decoder(Some(ByteLevel::new(true, true, true)));
     tok.add_special_tokens(&[AddedToken::from(ENDOFTEXT, true)]);
     let ws = added_whitespace();
-    let added: Vec<AddedToken> = ws.iter().map(|s| AddedToken::from(s.clone(), false)).collect();
+    let added: Vec<AddedToken> = ws
+        .iter()
+        .map(|s| AddedToken::from(s.clone(), false))
+        .collect();
     tok.add_tokens(&added);
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path, true)
@@ -251,7 +264,14 @@ mod tests {
     #[test]
     fn base64_decodes_rfc4648_vectors() {
         // RFC 4648 section 10.
-        for (enc, dec) in [("", ""), ("Zg==", "f"), ("Zm8=", "fo"), ("Zm9v", "foo"), ("Zm9vYg==", "foob"), ("Zm9vYmFy", "foobar")] {
+        for (enc, dec) in [
+            ("", ""),
+            ("Zg==", "f"),
+            ("Zm8=", "fo"),
+            ("Zm9v", "foo"),
+            ("Zm9vYg==", "foob"),
+            ("Zm9vYmFy", "foobar"),
+        ] {
             assert_eq!(base64_decode(enc).unwrap(), dec.as_bytes(), "{enc}");
         }
         assert!(base64_decode("Zm9$").is_err());
@@ -294,8 +314,10 @@ mod tests {
         let text = "def f(x):\n    return x  # ünïcode ✓";
         let decoded = tok.decode(&ids(text), false).unwrap();
         assert_eq!(decoded, text);
-        let special: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("special_tokens_map.json")).unwrap()).unwrap();
+        let special: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("special_tokens_map.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(special["eos_token"], ENDOFTEXT);
     }
 }

@@ -82,7 +82,10 @@ impl Like {
             }
         }
         let known: Vec<&str> = Self::ALL.iter().map(|l| l.repo()).collect();
-        bail!("unknown --like `{name}`: expected one of {}", known.join(", "))
+        bail!(
+            "unknown --like `{name}`: expected one of {}",
+            known.join(", ")
+        )
     }
 }
 
@@ -142,16 +145,43 @@ fn config_text(v: &Value) -> String {
     pyjson::dumps(v, true) + "\n"
 }
 
-fn linear(t: &mut Vec<TensorSpec>, prefix: &str, d_in: usize, d_out: usize, bias: bool, dtype: Dtype) {
-    t.push(TensorSpec::new(format!("{prefix}.weight"), &[d_out, d_in], dtype, Init::Normal));
+fn linear(
+    t: &mut Vec<TensorSpec>,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    dtype: Dtype,
+) {
+    t.push(TensorSpec::new(
+        format!("{prefix}.weight"),
+        &[d_out, d_in],
+        dtype,
+        Init::Normal,
+    ));
     if bias {
-        t.push(TensorSpec::new(format!("{prefix}.bias"), &[d_out], dtype, Init::Normal));
+        t.push(TensorSpec::new(
+            format!("{prefix}.bias"),
+            &[d_out],
+            dtype,
+            Init::Normal,
+        ));
     }
 }
 
 fn layer_norm(t: &mut Vec<TensorSpec>, prefix: &str, d: usize, dtype: Dtype) {
-    t.push(TensorSpec::new(format!("{prefix}.weight"), &[d], dtype, Init::Constant(1.0)));
-    t.push(TensorSpec::new(format!("{prefix}.bias"), &[d], dtype, Init::Constant(0.0)));
+    t.push(TensorSpec::new(
+        format!("{prefix}.weight"),
+        &[d],
+        dtype,
+        Init::Constant(1.0),
+    ));
+    t.push(TensorSpec::new(
+        format!("{prefix}.bias"),
+        &[d],
+        dtype,
+        Init::Constant(0.0),
+    ));
 }
 
 /// microsoft/phi-2 (PhiForCausalLM, f16, 2.78 B parameters).
@@ -160,7 +190,12 @@ fn phi2(shrink: Shrink) -> BackboneSpec {
     let layers = shrink.layers.unwrap_or(32);
     let vocab = shrink.vocab.unwrap_or(51200);
     let dt = Dtype::F16;
-    let mut t = vec![TensorSpec::new("model.embed_tokens.weight", &[vocab, d], dt, Init::Normal)];
+    let mut t = vec![TensorSpec::new(
+        "model.embed_tokens.weight",
+        &[vocab, d],
+        dt,
+        Init::Normal,
+    )];
     for i in 0..layers {
         let p = format!("model.layers.{i}");
         for name in ["q_proj", "k_proj", "v_proj", "dense"] {
@@ -227,8 +262,18 @@ struct Tower {
 fn clip(like: Like, shrink: Shrink) -> BackboneSpec {
     let (text, vision, patch, image, proj, (bos, eos)) = match like {
         Like::ClipVitB16 | Like::ClipVitB32 => (
-            Tower { hidden: 512, intermediate: 2048, layers: 12, heads: 8 },
-            Tower { hidden: 768, intermediate: 3072, layers: 12, heads: 12 },
+            Tower {
+                hidden: 512,
+                intermediate: 2048,
+                layers: 12,
+                heads: 8,
+            },
+            Tower {
+                hidden: 768,
+                intermediate: 3072,
+                layers: 12,
+                heads: 12,
+            },
             if like == Like::ClipVitB16 { 16 } else { 32 },
             224,
             512,
@@ -236,8 +281,18 @@ fn clip(like: Like, shrink: Shrink) -> BackboneSpec {
             (0, 2),
         ),
         _ => (
-            Tower { hidden: 768, intermediate: 3072, layers: 12, heads: 12 },
-            Tower { hidden: 1024, intermediate: 4096, layers: 24, heads: 16 },
+            Tower {
+                hidden: 768,
+                intermediate: 3072,
+                layers: 12,
+                heads: 12,
+            },
+            Tower {
+                hidden: 1024,
+                intermediate: 4096,
+                layers: 24,
+                heads: 16,
+            },
             14,
             336,
             768,
@@ -265,15 +320,45 @@ fn clip(like: Like, shrink: Shrink) -> BackboneSpec {
         }
     };
     // A trained CLIP's temperature sits at its clamp, ln(100).
-    let mut t = vec![TensorSpec::new("logit_scale", &[], dt, Init::Constant(100f32.ln()))];
+    let mut t = vec![TensorSpec::new(
+        "logit_scale",
+        &[],
+        dt,
+        Init::Constant(100f32.ln()),
+    )];
     let (dt_, dv) = (text.hidden, vision.hidden);
-    t.push(TensorSpec::new("text_model.embeddings.token_embedding.weight", &[vocab, dt_], dt, Init::Normal));
-    t.push(TensorSpec::new("text_model.embeddings.position_embedding.weight", &[positions, dt_], dt, Init::Normal));
+    t.push(TensorSpec::new(
+        "text_model.embeddings.token_embedding.weight",
+        &[vocab, dt_],
+        dt,
+        Init::Normal,
+    ));
+    t.push(TensorSpec::new(
+        "text_model.embeddings.position_embedding.weight",
+        &[positions, dt_],
+        dt,
+        Init::Normal,
+    ));
     encoder(&mut t, "text_model", &text, text_layers);
     layer_norm(&mut t, "text_model.final_layer_norm", dt_, dt);
-    t.push(TensorSpec::new("vision_model.embeddings.class_embedding", &[dv], dt, Init::Normal));
-    t.push(TensorSpec::new("vision_model.embeddings.patch_embedding.weight", &[dv, 3, patch, patch], dt, Init::Normal));
-    t.push(TensorSpec::new("vision_model.embeddings.position_embedding.weight", &[patches + 1, dv], dt, Init::Normal));
+    t.push(TensorSpec::new(
+        "vision_model.embeddings.class_embedding",
+        &[dv],
+        dt,
+        Init::Normal,
+    ));
+    t.push(TensorSpec::new(
+        "vision_model.embeddings.patch_embedding.weight",
+        &[dv, 3, patch, patch],
+        dt,
+        Init::Normal,
+    ));
+    t.push(TensorSpec::new(
+        "vision_model.embeddings.position_embedding.weight",
+        &[patches + 1, dv],
+        dt,
+        Init::Normal,
+    ));
     layer_norm(&mut t, "vision_model.pre_layrnorm", dv, dt);
     encoder(&mut t, "vision_model", &vision, vision_layers);
     layer_norm(&mut t, "vision_model.post_layernorm", dv, dt);
@@ -344,7 +429,10 @@ fn clip(like: Like, shrink: Shrink) -> BackboneSpec {
         max_shard_bytes: HUB_MAX_SHARD_BYTES,
         files: vec![
             ("config.json".into(), config_text(&config)),
-            ("preprocessor_config.json".into(), config_text(&preprocessor)),
+            (
+                "preprocessor_config.json".into(),
+                config_text(&preprocessor),
+            ),
         ],
         tokenizer: false,
     }
@@ -379,7 +467,10 @@ pub struct Written {
 pub fn write_backbone(spec: &BackboneSpec, out: &Path, opts: &WriteOptions) -> Result<Written> {
     let start = Instant::now();
     if out.exists() && !opts.force {
-        bail!("{} already exists (pass --force to replace it)", out.display());
+        bail!(
+            "{} already exists (pass --force to replace it)",
+            out.display()
+        );
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -399,10 +490,12 @@ pub fn write_backbone(spec: &BackboneSpec, out: &Path, opts: &WriteOptions) -> R
     if out.exists() {
         let old = crate::fsutil::temp_sibling(out);
         fs::rename(out, &old).with_context(|| format!("cannot move {} aside", out.display()))?;
-        fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+        fs::rename(&tmp, out)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
         fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
     } else {
-        fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+        fs::rename(&tmp, out)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
     }
     crate::fsutil::sync_dir(&parent);
     Ok(Written {
@@ -429,11 +522,14 @@ fn fill_folder(spec: &BackboneSpec, dir: &Path, opts: &WriteOptions) -> Result<V
     bar.set_message(spec.like.repo().to_string());
     let max_shard = opts.max_shard_bytes.unwrap_or(spec.max_shard_bytes);
     let mut files =
-        writer::write_checkpoint(dir, &spec.tensors, max_shard, &opts.draw, &mut |n| bar.inc(n))?;
+        writer::write_checkpoint(dir, &spec.tensors, max_shard, &opts.draw, &mut |n| {
+            bar.inc(n)
+        })?;
     bar.finish_and_clear();
     let mut small: Vec<String> = Vec::new();
     for (name, text) in &spec.files {
-        fs::write(dir.join(name), text).with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+        fs::write(dir.join(name), text)
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
         small.push(name.clone());
     }
     if spec.tokenizer {
@@ -442,7 +538,8 @@ fn fill_folder(spec: &BackboneSpec, dir: &Path, opts: &WriteOptions) -> Result<V
     for name in small {
         let path = dir.join(&name);
         let f = fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        f.sync_all().with_context(|| format!("cannot fsync {}", path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot fsync {}", path.display()))?;
         files.push((name, f.metadata()?.len()));
     }
     Ok(files)
@@ -469,7 +566,10 @@ mod tests {
         assert_eq!(get("model.layers.31.mlp.fc1.weight").shape, [10240, 2560]);
         assert_eq!(get("model.layers.0.mlp.fc2.weight").shape, [2560, 10240]);
         assert_eq!(get("lm_head.bias").shape, [51200]);
-        assert_eq!(get("model.layers.7.input_layernorm.weight").init, Init::Constant(1.0));
+        assert_eq!(
+            get("model.layers.7.input_layernorm.weight").init,
+            Init::Constant(1.0)
+        );
         assert_eq!(get("model.final_layernorm.bias").init, Init::Constant(0.0));
     }
 
@@ -478,14 +578,27 @@ mod tests {
         let s = spec(Like::Phi2, Shrink::default()).unwrap();
         let shards = writer::plan_shards(&s.tensors, s.max_shard_bytes);
         assert_eq!(shards.len(), 2);
-        let names = |i: usize| -> Vec<&str> { shards[i].iter().map(|&k| s.tensors[k].name.as_str()).collect() };
+        let names = |i: usize| -> Vec<&str> {
+            shards[i]
+                .iter()
+                .map(|&k| s.tensors[k].name.as_str())
+                .collect()
+        };
         let first = names(0);
         // Layers 0-29 whole (262,144,000 + 30 x 157,342,720 bytes), then layer 30's q_proj
         // (13,107,200 + 5,120): 4,995,537,920 bytes; k_proj would pass 5e9.
-        assert_eq!(*first.last().unwrap(), "model.layers.30.self_attn.q_proj.bias");
+        assert_eq!(
+            *first.last().unwrap(),
+            "model.layers.30.self_attn.q_proj.bias"
+        );
         assert!(first.contains(&"model.layers.29.input_layernorm.bias"));
         assert_eq!(names(1)[0], "model.layers.30.self_attn.k_proj.weight");
-        let bytes = |i: usize| shards[i].iter().map(|&k| s.tensors[k].nbytes()).sum::<u64>();
+        let bytes = |i: usize| {
+            shards[i]
+                .iter()
+                .map(|&k| s.tensors[k].nbytes())
+                .sum::<u64>()
+        };
         assert_eq!(bytes(0), 4_995_537_920);
         assert_eq!(bytes(1), 563_829_760);
         assert!(names(1).contains(&"lm_head.weight"));
@@ -540,26 +653,57 @@ mod tests {
         // (4 (512^2 + 512) + 2 (2 x 512) + (512 x 2048 + 2048) + (2048 x 512 + 512)) + 2 x 512;
         // vision 768 + 768 x 3 x 16 x 16 + 197 x 768 + 2 x 768 + 12 layers of the same form at
         // 768/3072 + 2 x 768; projections 512 x 768 + 512 x 512; logit_scale 1.
-        let text = 49408 * 512 + 77 * 512 + 12 * (4 * (512 * 512 + 512) + 4 * 512 + 2 * 512 * 2048 + 2048 + 512) + 2 * 512;
-        let vision = 768 + 768 * 3 * 16 * 16 + 197 * 768 + 2 * 768
+        let text = 49408 * 512
+            + 77 * 512
+            + 12 * (4 * (512 * 512 + 512) + 4 * 512 + 2 * 512 * 2048 + 2048 + 512)
+            + 2 * 512;
+        let vision = 768
+            + 768 * 3 * 16 * 16
+            + 197 * 768
+            + 2 * 768
             + 12 * (4 * (768 * 768 + 768) + 4 * 768 + 2 * 768 * 3072 + 3072 + 768)
             + 2 * 768;
         let b16 = spec(Like::ClipVitB16, Shrink::default()).unwrap();
-        assert_eq!(b16.params(), (text + vision + 512 * 768 + 512 * 512 + 1) as u64);
+        assert_eq!(
+            b16.params(),
+            (text + vision + 512 * 768 + 512 * 512 + 1) as u64
+        );
         assert_eq!(b16.params(), 149_620_737);
         let l14 = spec(Like::ClipVitL14_336, Shrink::default()).unwrap();
-        let get = |s: &BackboneSpec, n: &str| s.tensors.iter().find(|t| t.name == n).unwrap().shape.clone();
-        assert_eq!(get(&l14, "vision_model.embeddings.position_embedding.weight"), [577, 1024]);
-        assert_eq!(get(&l14, "vision_model.embeddings.patch_embedding.weight"), [1024, 3, 14, 14]);
-        assert_eq!(get(&l14, "vision_model.encoder.layers.23.mlp.fc1.weight"), [4096, 1024]);
+        let get = |s: &BackboneSpec, n: &str| {
+            s.tensors
+                .iter()
+                .find(|t| t.name == n)
+                .unwrap()
+                .shape
+                .clone()
+        };
+        assert_eq!(
+            get(&l14, "vision_model.embeddings.position_embedding.weight"),
+            [577, 1024]
+        );
+        assert_eq!(
+            get(&l14, "vision_model.embeddings.patch_embedding.weight"),
+            [1024, 3, 14, 14]
+        );
+        assert_eq!(
+            get(&l14, "vision_model.encoder.layers.23.mlp.fc1.weight"),
+            [4096, 1024]
+        );
         assert_eq!(get(&l14, "visual_projection.weight"), [768, 1024]);
         assert_eq!(get(&l14, "text_projection.weight"), [768, 768]);
         assert_eq!(get(&l14, "logit_scale"), Vec::<usize>::new());
         assert!(l14.tensors.iter().all(|t| t.dtype == Dtype::F32));
         let b32 = spec(Like::ClipVitB32, Shrink::default()).unwrap();
-        assert_eq!(get(&b32, "vision_model.embeddings.position_embedding.weight"), [50, 768]);
+        assert_eq!(
+            get(&b32, "vision_model.embeddings.position_embedding.weight"),
+            [50, 768]
+        );
         // One file at the hub's shard size.
-        assert_eq!(writer::plan_shards(&l14.tensors, l14.max_shard_bytes).len(), 1);
+        assert_eq!(
+            writer::plan_shards(&l14.tensors, l14.max_shard_bytes).len(),
+            1
+        );
     }
 
     #[test]
@@ -574,32 +718,66 @@ mod tests {
 
     #[test]
     fn shrink_cuts_depth_and_vocabulary_only() {
-        let s = spec(Like::Phi2, Shrink { layers: Some(2), vocab: Some(1000) }).unwrap();
+        let s = spec(
+            Like::Phi2,
+            Shrink {
+                layers: Some(2),
+                vocab: Some(1000),
+            },
+        )
+        .unwrap();
         assert_eq!(s.tensors.len(), 1 + 2 * 14 + 4);
         let cfg: Value = serde_json::from_str(&s.files[0].1).unwrap();
         assert_eq!(cfg["num_hidden_layers"], 2);
         assert_eq!(cfg["vocab_size"], 1000);
         assert_eq!(cfg["hidden_size"], 2560);
-        let c = spec(Like::ClipVitB16, Shrink { layers: Some(1), vocab: None }).unwrap();
+        let c = spec(
+            Like::ClipVitB16,
+            Shrink {
+                layers: Some(1),
+                vocab: None,
+            },
+        )
+        .unwrap();
         let cfg: Value = serde_json::from_str(&c.files[0].1).unwrap();
         assert_eq!(cfg["vision_config"]["num_hidden_layers"], 1);
         assert_eq!(cfg["text_config"]["num_hidden_layers"], 1);
-        assert!(spec(Like::Phi2, Shrink { layers: Some(0), vocab: None }).is_err());
+        assert!(spec(
+            Like::Phi2,
+            Shrink {
+                layers: Some(0),
+                vocab: None
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn like_names_parse() {
         assert_eq!(Like::parse("phi-2").unwrap(), Like::Phi2);
         assert_eq!(Like::parse("microsoft/phi-2").unwrap(), Like::Phi2);
-        assert_eq!(Like::parse("openai/clip-vit-large-patch14-336").unwrap(), Like::ClipVitL14_336);
-        assert_eq!(Like::parse("CLIP-ViT-Base-Patch16").unwrap(), Like::ClipVitB16);
+        assert_eq!(
+            Like::parse("openai/clip-vit-large-patch14-336").unwrap(),
+            Like::ClipVitL14_336
+        );
+        assert_eq!(
+            Like::parse("CLIP-ViT-Base-Patch16").unwrap(),
+            Like::ClipVitB16
+        );
         let err = Like::parse("phi-3").unwrap_err().to_string();
-        assert!(err.contains("unknown --like `phi-3`") && err.contains("microsoft/phi-2"), "{err}");
+        assert!(
+            err.contains("unknown --like `phi-3`") && err.contains("microsoft/phi-2"),
+            "{err}"
+        );
     }
 
     fn opts(force: bool) -> WriteOptions {
         WriteOptions {
-            draw: DrawOptions { seed: 5, std: 0.02, threads: 2 },
+            draw: DrawOptions {
+                seed: 5,
+                std: 0.02,
+                threads: 2,
+            },
             max_shard_bytes: None,
             force,
             progress: false,
@@ -608,7 +786,14 @@ mod tests {
 
     /// A small CLIP: 1 layer per tower and 64 text tokens, the real widths.
     fn small_clip() -> BackboneSpec {
-        spec(Like::ClipVitB32, Shrink { layers: Some(1), vocab: Some(64) }).unwrap()
+        spec(
+            Like::ClipVitB32,
+            Shrink {
+                layers: Some(1),
+                vocab: Some(64),
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -619,13 +804,27 @@ mod tests {
         let s = small_clip();
         let w = write_backbone(&s, &out, &opts(false)).unwrap();
         let names: Vec<&str> = w.files.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["model.safetensors", "config.json", "preprocessor_config.json"]);
+        assert_eq!(
+            names,
+            [
+                "model.safetensors",
+                "config.json",
+                "preprocessor_config.json"
+            ]
+        );
         let vcfg = crate::model::clip::ClipVisionConfig::load(&out).unwrap();
-        assert_eq!((vcfg.hidden_size, vcfg.patch_size, vcfg.num_hidden_layers), (768, 32, 1));
+        assert_eq!(
+            (vcfg.hidden_size, vcfg.patch_size, vcfg.num_hidden_layers),
+            (768, 32, 1)
+        );
         let pcfg = crate::model::preprocess::PreprocessConfig::load(&out).unwrap();
         assert_eq!(pcfg.crop, (224, 224));
-        assert_eq!(pcfg.resize, crate::model::preprocess::Resize::ShortestEdge(224));
-        let (tower, _) = crate::model::clip::ClipVision::<Compute>::from_dir(&out, &Default::default()).unwrap();
+        assert_eq!(
+            pcfg.resize,
+            crate::model::preprocess::Resize::ShortestEdge(224)
+        );
+        let (tower, _) =
+            crate::model::clip::ClipVision::<Compute>::from_dir(&out, &Default::default()).unwrap();
         assert_eq!(tower.layers.len(), 1);
         // The loaded patch embedding is what the generator drew for that name.
         let ck = crate::model::checkpoint::Checkpoint::open(&out).unwrap();
@@ -643,8 +842,13 @@ mod tests {
         let out = dir.path().join("clip");
         fs::create_dir(&out).unwrap();
         fs::write(out.join("keep.txt"), "x").unwrap();
-        let err = write_backbone(&small_clip(), &out, &opts(false)).unwrap_err().to_string();
-        assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+        let err = write_backbone(&small_clip(), &out, &opts(false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already exists") && err.contains("--force"),
+            "{err}"
+        );
         assert!(out.join("keep.txt").exists());
         write_backbone(&small_clip(), &out, &opts(true)).unwrap();
         assert!(!out.join("keep.txt").exists());

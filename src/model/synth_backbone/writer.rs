@@ -355,7 +355,10 @@ mod tests {
         assert_eq!(plan_shards(&t, 1 << 30), vec![(0..8).collect::<Vec<_>>()]);
         assert_eq!(
             shard_names(2),
-            ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
         );
         assert_eq!(shard_names(1), ["model.safetensors"]);
     }
@@ -475,7 +478,7 @@ mod tests {
         // Each shard holds exactly its tensors, as the safetensors crate reads them.
         let shard2 = std::fs::read(dir.path().join(names[1])).unwrap();
         let st = SafeTensors::deserialize(&shard2).unwrap();
-        let mut in2: Vec<String> = st.names().into_iter().cloned().collect();
+        let mut in2: Vec<String> = st.names().into_iter().map(String::from).collect();
         in2.sort();
         assert_eq!(
             in2,
