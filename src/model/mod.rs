@@ -16,6 +16,7 @@
 //! - [`tokenizer`], `tokenizer.json` with the LM's special ids
 //! - [`probe`], the library side of `harness probe`
 //! - [`nf4`], NF4 quantization (bitsandbytes numerics); [`lora`], LoRA / QLoRA linears
+//! - [`synth_backbone`], real-size random checkpoints in the hub's exact layout
 //!
 //! How they fit (the names a training loop calls):
 //!
@@ -48,6 +49,7 @@ pub mod phi;
 pub mod preprocess;
 pub mod probe;
 pub mod projector;
+pub mod synth_backbone;
 pub mod tokenizer;
 pub mod vlm;
 
