@@ -4,12 +4,12 @@
 //! full one's).
 //!
 //! A tensor is cut into blocks of [`BLOCK`] elements; block `b` of tensor `name` has its own
-//! SplitMix64 stream ([`crate::data::rng::Rng`], fixed forever) keyed by the seed, a stable
+//! SplitMix64 stream ([`crate::rng::Rng`], fixed forever) keyed by the seed, a stable
 //! hash of the name and `b`, so blocks can be drawn on any core in any order. Normals come
 //! from Marsaglia's polar method in f32 (the checkpoints are f16 or f32: f32 arithmetic is
 //! more than the output keeps), two 24-bit uniforms per 64-bit draw.
 
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 
 /// Elements per independently seeded block (4 MiB of f32): big enough that a thread's
 /// setup is nothing beside its work, small enough that a few in flight per core keep the
