@@ -27,6 +27,7 @@ mod report_charts;
 mod report_cost;
 mod report_pages;
 mod slurm_cluster;
+mod stats;
 mod store_runs;
 mod train_e2e;
 mod train_step;
