@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 
 /// How intervals are computed.
 #[derive(Debug, Clone, Copy, PartialEq)]

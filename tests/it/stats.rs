@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::data::rng::Rng;
+use harness::rng::Rng;
 use harness::eval::intervals;
 use harness::eval::stats::{self, Bootstrap};
 use harness::report::subjects::{self, Subject};
