@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::rng::Rng;
 use harness::eval::intervals;
 use harness::eval::stats::{self, Bootstrap};
 use harness::report::subjects::{self, Subject};
 use harness::report::{compare, leaderboard, CompareOptions};
+use harness::rng::Rng;
 use harness::store::items::{self, Item};
 use harness::store::metrics::MetricsWriter;
 use harness::store::{groups, Store};
@@ -73,6 +73,101 @@ fn bootstrap_intervals_cover_the_true_proportion_95_percent_of_the_time() {
     }
     eprintln!("coverage: {covered}/400");
     assert!((360..=395).contains(&covered), "{covered} of 400");
+}
+
+/// The scipy/numpy reference of `scripts/ref_stats.py`.
+fn reference() -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats/reference.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// How far a bootstrap endpoint of ours may be from scipy's, in units of the statistic's
+/// standard error `se`: our 20,000 resamples put a 2.5% percentile within
+/// sqrt(0.025 * 0.975 / 20000) / phi(1.96) = 0.019 se of the ideal bootstrap's (1 sd),
+/// scipy's 200,000 within 0.006 se; 0.08 se is four of their combined sd. A statistic of
+/// 0/1 scores moves in steps of 1/n, so one step more.
+fn boot_tolerance(se: f64, step: f64) -> f64 {
+    0.08 * se + step
+}
+
+#[test]
+fn bootstrap_and_paired_intervals_match_scipy() {
+    let r = reference();
+    let o = Bootstrap {
+        resamples: 20_000,
+        ..Default::default()
+    };
+    for c in r["mean"].as_array().unwrap() {
+        let x = floats(&c["x"]);
+        let binary = x.iter().all(|&v| v == 0.0 || v == 1.0);
+        let tol = boot_tolerance(
+            c["se"].as_f64().unwrap(),
+            if binary { 1.0 / x.len() as f64 } else { 0.0 },
+        );
+        let i = stats::mean_interval(&x, &o, 3);
+        let (low, high) = (c["low"].as_f64().unwrap(), c["high"].as_f64().unwrap());
+        eprintln!(
+            "{}: ours [{:.5}, {:.5}] scipy [{low:.5}, {high:.5}] tol {tol:.5}",
+            c["name"], i.low, i.high
+        );
+        assert!((i.value - c["value"].as_f64().unwrap()).abs() < 1e-12);
+        assert!(
+            (i.low - low).abs() < tol && (i.high - high).abs() < tol,
+            "{}",
+            c["name"]
+        );
+    }
+    for c in r["paired"].as_array().unwrap() {
+        let (a, b) = (floats(&c["a"]), floats(&c["b"]));
+        let tol = boot_tolerance(c["se"].as_f64().unwrap(), 1.0 / a.len() as f64);
+        let d = intervals::paired(&qa_items("a", &a), &qa_items("b", &b), &o).unwrap();
+        let d = d.iter().find(|d| d.key == "stage2/eval/qa_acc").unwrap();
+        let (low, high) = (c["low"].as_f64().unwrap(), c["high"].as_f64().unwrap());
+        eprintln!(
+            "{}: ours [{:.5}, {:.5}] scipy [{low:.5}, {high:.5}] tol {tol:.5}",
+            c["name"], d.low, d.high
+        );
+        assert!((d.delta - c["delta"].as_f64().unwrap()).abs() < 1e-12);
+        assert!(
+            (d.low - low).abs() < tol && (d.high - high).abs() < tol,
+            "{}",
+            c["name"]
+        );
+        assert_eq!(d.significant, low > 0.0 || high < 0.0, "{}", c["name"]);
+    }
+}
+
+#[test]
+fn t_and_welch_intervals_match_scipy() {
+    let r = reference();
+    for c in r["t"].as_array().unwrap() {
+        let i = stats::t_interval(&floats(&c["values"]), 0.95).unwrap();
+        for (got, k) in [(i.value, "value"), (i.low, "low"), (i.high, "high")] {
+            assert!((got - c[k].as_f64().unwrap()).abs() < 1e-9, "{k} of {c}");
+        }
+    }
+    for c in r["welch"].as_array().unwrap() {
+        let i = stats::difference_interval(&floats(&c["a"]), &floats(&c["b"]), 0.95).unwrap();
+        for (got, k) in [(i.value, "delta"), (i.low, "low"), (i.high, "high")] {
+            assert!((got - c[k].as_f64().unwrap()).abs() < 1e-9, "{k} of {c}");
+        }
+    }
+    for c in r["t_ppf"].as_array().unwrap() {
+        let (p, df, t) = (
+            c["p"].as_f64().unwrap(),
+            c["df"].as_f64().unwrap(),
+            c["t"].as_f64().unwrap(),
+        );
+        assert!((stats::t_quantile(p, df) - t).abs() < 1e-9 * t, "{c}");
+    }
 }
 
 fn qa_items(run: &str, scores: &[f64]) -> Vec<Item> {
@@ -444,6 +539,23 @@ fn groups_aggregate_with_t_intervals_and_compare_between_groups_and_runs() {
     ] {
         log_eval(&store, &id_of(&store, name), &scores(k));
     }
+    // `harness ls` shows the headline eval metric beside the losses.
+    let ls = succeed(harness(d.path(), &store.root).args(["ls", "--format", "csv"]));
+    let ls = String::from_utf8(ls.stdout).unwrap();
+    let mut lines = ls.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let qa_col = header
+        .iter()
+        .position(|h| *h == "stage2/eval/qa_acc")
+        .unwrap_or_else(|| panic!("{header:?}"));
+    assert!(header.iter().position(|h| *h == "stage2_loss").unwrap() < qa_col);
+    let a_s1 = id_of(&store, "a-s1");
+    let row: Vec<&str> = lines
+        .find(|l| l.starts_with(&format!("{a_s1},")))
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(row[qa_col].parse::<f64>().unwrap(), 0.6);
     let g = groups::find(&store, "a").unwrap().unwrap();
     let sa = Subject::group(&store, &g).unwrap();
     let e = &sa.estimates(&Bootstrap::default())["stage2/eval/qa_acc"];
