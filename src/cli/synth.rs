@@ -217,7 +217,7 @@ mod tests {
             crate::cli::Command::Synth(a) => {
                 assert!(a.command.is_none());
                 assert_eq!(a.out.unwrap(), PathBuf::from("data/synth"));
-                assert_eq!(a.images, 2000);
+                assert_eq!(a.images, 2250);
             }
             other => panic!("{other:?}"),
         }

@@ -672,4 +672,12 @@ fn groups_aggregate_with_t_intervals_and_compare_between_groups_and_runs() {
         .path()
         .join("reports/index-charts/stage2_eval_qa_acc.png")
         .exists());
+
+    // For a look in a browser (scripts/screenshot.sh): the pages, and a paired run-vs-run
+    // comparison, moved to $HARNESS_KEEP_PAGES.
+    if let Some(keep) = std::env::var_os("HARNESS_KEEP_PAGES") {
+        let r2 = id_of(&store, "a-s2");
+        compare::write(&store, &[r0, r2], &CompareOptions::default()).unwrap();
+        std::fs::rename(d.path(), keep).unwrap();
+    }
 }
