@@ -516,7 +516,9 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// Compact tick labels: `0.25`, `1.5k`, `3.00e-4`.
 pub fn tick(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
+    // Plotters steps ticks by repeated addition: a tick meant as 0 can come out as
+    // -5.55e-17. No plotted quantity is this small.
+    if a < 1e-15 {
         "0".into()
     } else if !(1e-2..1e6).contains(&a) {
         // Two decimals: ticks of a narrow range (an lr near 1e-3) stay distinct.
@@ -538,6 +540,12 @@ mod tests {
     #[test]
     fn ticks_are_compact_and_distinct() {
         assert_eq!(tick(0.0), "0");
+        assert_eq!(
+            tick(-5.551115123125783e-17),
+            "0",
+            "a zero tick's rounding error"
+        );
+        assert_eq!(tick(1e-8), "1.00e-8");
         assert_eq!(tick(0.25), "0.25");
         assert_eq!(tick(20_000.0), "20k");
         assert_eq!(tick(12_500.0), "12.5k");
