@@ -22,6 +22,11 @@ pub struct Experiment {
     pub name: String,
     #[serde(default)]
     pub seed: u64,
+    /// Replicas: one run per seed, named `<name>-s<seed>`, each a normal run with its own
+    /// stage keys ([`replicas`]). Empty: one run with `seed`. Left out of the resolved form
+    /// when empty, so experiments without it keep their hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// Where to run: `auto` (CUDA when built with it, else CPU), `cpu`, `cuda`.
     #[serde(default)]
     pub backend: BackendChoice,
@@ -325,6 +330,9 @@ fn default_feature_layer() -> i64 {
 pub struct LoadedExperiment {
     pub path: PathBuf,
     pub exp: Experiment,
+    /// The seed when this is one replica of the file's experiment (`seeds = [..]`,
+    /// `sweep --seeds N`, `run --seed S`): `harness run FILE --seed S` runs it again.
+    pub replica: Option<u64>,
 }
 
 /// Reads, parses and validates one experiment file.
@@ -347,6 +355,7 @@ pub fn load(path: &Path) -> Result<LoadedExperiment> {
     Ok(LoadedExperiment {
         path: path.to_path_buf(),
         exp,
+        replica: None,
     })
 }
 
@@ -460,6 +469,18 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
                 "{:?} may use only letters, digits, '-', '_' and '.'",
                 exp.name
             ),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &exp.seeds {
+        if !seen.insert(s) {
+            bad("seeds", format!("lists seed {s} twice"));
+        }
+    }
+    if !exp.seeds.is_empty() && key_line(text, "seed").is_some() {
+        bad(
+            "seed",
+            "is set beside `seeds`; a seed list replaces it, so write one of them".into(),
         );
     }
     if exp.devices.is_empty() {
@@ -734,6 +755,48 @@ pub fn stage_keys(exp: &Experiment) -> StageKeys {
         stage2: h2,
         config: hash_value(&all),
     }
+}
+
+/// `<name>-s<seed>`: the name of the replica of `name` with `seed`.
+pub fn replica_name(name: &str, seed: u64) -> String {
+    format!("{name}-s{seed}")
+}
+
+/// The name a replica was made from: `name` without its `-s<seed>` suffix (unchanged when
+/// it has none).
+pub fn base_name(name: &str, seed: u64) -> &str {
+    name.strip_suffix(&format!("-s{seed}")).unwrap_or(name)
+}
+
+/// The replica of `exp` with `seed`: that seed, no seed list, the name suffixed.
+pub fn replica(exp: &Experiment, seed: u64) -> Experiment {
+    Experiment {
+        name: replica_name(&exp.name, seed),
+        seed,
+        seeds: vec![],
+        ..exp.clone()
+    }
+}
+
+/// The experiments `exp` stands for: itself, or one [`replica`] per seed of `seeds`.
+pub fn replicas(exp: &Experiment) -> Vec<Experiment> {
+    if exp.seeds.is_empty() {
+        return vec![exp.clone()];
+    }
+    exp.seeds.iter().map(|&s| replica(exp, s)).collect()
+}
+
+/// What runs that differ only in their seed share: the hash of the resolved config without
+/// name, seed and seed list. (Whether they also ran the same code is the store's business:
+/// [`crate::store::groups`].)
+pub fn group_key(exp: &Experiment) -> String {
+    let mut v = canonical(exp);
+    if let Value::Object(m) = &mut v {
+        for k in ["name", "seed", "seeds"] {
+            m.remove(k);
+        }
+    }
+    hash_value(&v)
 }
 
 /// The resolved experiment as TOML (written to `run.toml`).

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::store::{self, Store};
-use crate::sweep::plan::{self, ExecOptions};
+use crate::sweep::plan::{self, ExecOptions, Seeds};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -17,6 +17,10 @@ pub struct RunArgs {
     /// Print the plan (which stages run, which are reused and from where) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run only the replica with this seed (`<name>-s<SEED>`), whether or not the file
+    /// lists it in `seeds`.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -31,15 +35,21 @@ pub struct SweepArgs {
     /// on the CPU (each keeps about one core busy), one on a GPU.
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
+    /// Run every experiment as N replicas, seeds `seed .. seed + N` (`<name>-s<seed>`),
+    /// instead of the seeds its file lists.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: Option<u64>,
 }
 
 pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
-    go(results, &[a.file], a.dry_run, a.resume, 1)
+    let seeds = a.seed.map_or(Seeds::AsWritten, Seeds::Only);
+    go(results, &[a.file], a.dry_run, a.resume, 1, seeds)
 }
 
 /// Sweeps continue interrupted runs: that is what re-running a sweep is for.
 pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
-    go(results, &a.files, a.dry_run, true, a.jobs)
+    let seeds = a.seeds.map_or(Seeds::AsWritten, Seeds::Count);
+    go(results, &a.files, a.dry_run, true, a.jobs, seeds)
 }
 
 fn go(
@@ -48,9 +58,10 @@ fn go(
     dry_run: bool,
     resume: bool,
     jobs: usize,
+    seeds: Seeds,
 ) -> anyhow::Result<()> {
     let store = Store::new(results);
-    let exps = plan::load_all(files)?;
+    let exps = plan::load_with(files, seeds)?;
     let code = plan::code_state_here();
     if dry_run {
         let p = plan::plan(&store, &exps, &code)?;
@@ -111,7 +122,7 @@ fn go(
     let outcomes = if side_by_side {
         crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results)?
     } else {
-        plan::sweep(&store, files, &code, runner.as_ref(), &opts)?
+        plan::sweep(&store, &exps, &code, runner.as_ref(), &opts)?
     };
     println!("{:<40} {:<12} NOTE", "RUN", "STATE");
     let mut failed = 0;

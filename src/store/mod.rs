@@ -8,10 +8,13 @@
 //! owner's heartbeat (refreshed in `status.json` every few seconds) is older than the
 //! heartbeat timeout; a stale claim may be taken over by exactly one claimant.
 //!
-//! Beside the store itself: [`metrics`] (the Parquet metrics table), [`provenance`] (the
-//! git identity and environment of a run) and [`runs`] (one-line summaries for `ls`,
-//! `show` and the reports).
+//! Beside the store itself: [`metrics`] (the Parquet metrics table), [`items`] (per-item
+//! evaluation results), [`provenance`] (the git identity and environment of a run),
+//! [`runs`] (one-line summaries for `ls`, `show` and the reports) and [`groups`] (runs
+//! that differ only in their seed).
 
+pub mod groups;
+pub mod items;
 pub mod metrics;
 pub mod provenance;
 pub mod runs;

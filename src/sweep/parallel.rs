@@ -200,11 +200,15 @@ fn sweep_with(
         },
         |i| {
             let p = &runs[i];
-            let args = vec![
+            let mut args = vec![
                 "run".into(),
                 p.exp.path.display().to_string(),
                 "--resume".into(),
             ];
+            // A replica of a seed list: the child runs that one seed.
+            if let Some(seed) = p.exp.replica {
+                args.extend(["--seed".into(), seed.to_string()]);
+            }
             spawn(&args, &p.exp.exp.name, results, Some(code_dir))
         },
     );

@@ -42,13 +42,50 @@ pub fn run_id(name: &str, keys: &StageKeys, code: &CodeState) -> String {
     format!("{name}-{}-{}", &keys.config[..8], code.id_suffix())
 }
 
+/// Which seeds the experiments run with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Seeds {
+    /// As the files say: `seed`, or one replica per seed of `seeds = [..]`.
+    #[default]
+    AsWritten,
+    /// `sweep --seeds N`: every experiment as N replicas, seeds `seed .. seed + N`.
+    Count(u64),
+    /// `run --seed S`: the replica with seed S only.
+    Only(u64),
+}
+
+/// The experiments one loaded file stands for under `seeds`: itself, or its replicas
+/// (`<name>-s<seed>`, [`config::replica`]).
+pub fn expand(e: LoadedExperiment, seeds: Seeds) -> Vec<LoadedExperiment> {
+    let list: Vec<u64> = match seeds {
+        Seeds::AsWritten => e.exp.seeds.clone(),
+        Seeds::Count(n) => (0..n).map(|k| e.exp.seed + k).collect(),
+        Seeds::Only(s) => vec![s],
+    };
+    if list.is_empty() {
+        return vec![e];
+    }
+    list.into_iter()
+        .map(|s| LoadedExperiment {
+            path: e.path.clone(),
+            exp: config::replica(&e.exp, s),
+            replica: Some(s),
+        })
+        .collect()
+}
+
 /// Loads and validates every file before anything runs; all problems are reported together.
 pub fn load_all(files: &[PathBuf]) -> Result<Vec<LoadedExperiment>> {
+    load_with(files, Seeds::AsWritten)
+}
+
+/// [`load_all`], each file expanded into its replicas under `seeds`.
+pub fn load_with(files: &[PathBuf], seeds: Seeds) -> Result<Vec<LoadedExperiment>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for f in files {
         match config::load(f) {
-            Ok(e) => out.push(e),
+            Ok(e) => out.extend(expand(e, seeds)),
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
@@ -434,17 +471,16 @@ fn acquire_stage(
         std::thread::sleep(Duration::from_millis(500));
     }
 }
-/// Loads, plans and runs experiments in order; one failure does not stop the others.
+/// Plans and runs loaded experiments in order; one failure does not stop the others.
 pub fn sweep(
     store: &Store,
-    files: &[PathBuf],
+    exps: &[LoadedExperiment],
     code: &CodeState,
     runner: &dyn StageRunner,
     opts: &ExecOptions,
 ) -> Result<Vec<Outcome>> {
-    let exps = load_all(files)?;
     let mut out = Vec::new();
-    for p in plan(store, &exps, code)? {
+    for p in plan(store, exps, code)? {
         // Re-plan each run just before it starts, so stages completed earlier in this sweep
         // (or by another worker) are reused.
         let fresh = plan(store, std::slice::from_ref(&p.exp), code)?.remove(0);

@@ -145,7 +145,8 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     }
     bar.finish_with_message("done");
     checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
-    let gallery = evaluate::run(
+    let t_eval = Instant::now();
+    let evaluation = evaluate::run(
         ctx.stage,
         ctx.exp,
         &t.projector.valid(),
@@ -155,8 +156,29 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         &s.data.cache,
         ctx.metrics,
         s.state.step,
+        ctx.run_id,
     )?;
-    evaluate::write_samples(&ctx.run_dir, ctx.stage, gallery)?;
+    for table in &evaluation.items {
+        crate::store::items::write(&ctx.run_dir, table)?;
+    }
+    // What scoring costs (generation dominates it), for sizing `eval.*` against a budget.
+    let scored: Vec<String> = evaluation
+        .items
+        .iter()
+        .filter_map(|t| Some(format!("{} {}", t.len(), t.first()?.task)))
+        .collect();
+    let line = format!(
+        "{stage}: evaluation of {} took {:.1} s",
+        if scored.is_empty() {
+            "nothing".into()
+        } else {
+            scored.join(", ")
+        },
+        t_eval.elapsed().as_secs_f64()
+    );
+    eprintln!("{line}");
+    crate::store::log_line(&ctx.run_dir, &line);
+    evaluate::write_samples(&ctx.run_dir, ctx.stage, evaluation.gallery)?;
     Ok(())
 }
 

@@ -28,6 +28,7 @@ mod report_charts;
 mod report_cost;
 mod report_pages;
 mod slurm_cluster;
+mod stats;
 mod store_runs;
 mod synth_backbone;
 mod train_e2e;

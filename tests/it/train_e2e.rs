@@ -177,6 +177,34 @@ fn two_stages_train_on_the_synthetic_world() {
         .map(|r| r.metric.as_str())
         .collect();
     assert!(types.len() >= 2, "accuracy per question type: {types:?}");
+    // Every scored item is in the run's item tables, and recomputing the metrics from
+    // them gives what was logged.
+    let items = harness::store::items::read_dir(&store.run_dir(&id)).unwrap();
+    let caps: Vec<_> = items.iter().filter(|i| i.task == "captions").collect();
+    let qa: Vec<_> = items.iter().filter(|i| i.task == "qa").collect();
+    assert_eq!(caps.len(), 8, "caption_images = 8");
+    assert!(caps
+        .iter()
+        .all(|i| i.item.ends_with(".jpg") && !i.item.contains('/')));
+    assert!(!qa.is_empty() && qa.len() <= 40);
+    assert!(qa
+        .iter()
+        .all(|i| i.item.contains(".jpg#") && (i.score == 0.0 || i.score == 1.0)));
+    let recomputed = harness::eval::intervals::run_intervals(&items, &Default::default()).unwrap();
+    for m in recomputed {
+        let logged = rows
+            .iter()
+            .find(|r| format!("{}/{}/{}", r.stage, r.split, r.metric) == m.key)
+            .unwrap_or_else(|| panic!("{} was not logged", m.key));
+        assert!(
+            (logged.value - m.interval.value).abs() < 1e-9,
+            "{}: logged {} recomputed {}",
+            m.key,
+            logged.value,
+            m.interval.value
+        );
+        assert!(m.interval.low <= m.interval.value && m.interval.value <= m.interval.high);
+    }
     eprintln!(
         "eval: Bleu_4 {:.3} CIDEr {:.3} qa_acc {:.3} ({types:?})",
         series(&rows, "stage1", "eval", "Bleu_4")[0],
