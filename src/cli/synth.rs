@@ -56,5 +56,15 @@ pub fn synth(a: SynthArgs) -> anyhow::Result<()> {
         a.out.display(),
         t.elapsed().as_secs_f64()
     );
+    if s.bench.images > 0 {
+        println!(
+            "benchmark sets on {} val images: {} POPE questions ({}), {} GQA-style ({})",
+            s.bench.images,
+            s.bench.pope_questions,
+            a.out.join("bench/pope").display(),
+            s.bench.gqa_questions,
+            a.out.join("bench/gqa").display()
+        );
+    }
     Ok(())
 }
