@@ -141,9 +141,7 @@ impl PeakAnon {
     /// The highest anonymous RSS seen so far (bytes).
     pub fn peak(&self) -> u64 {
         use std::sync::atomic::Ordering;
-        self.peak
-            .load(Ordering::Relaxed)
-            .max(host_memory().anon)
+        self.peak.load(Ordering::Relaxed).max(host_memory().anon)
     }
 }
 

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::rng::epoch_order;
 use super::instruct::Sources;
 use super::samples::{
     builder, caption_paths, stage1_samples, stage2_data, stage2_samples, DataSpec,
 };
 use super::sequence::{Sequence, TextCodec, Truncation, IGNORE};
 use super::skips::SkipReport;
+use crate::rng::epoch_order;
 
 /// Token-length buckets: `[lo, hi)`.
 pub const LENGTH_BUCKETS: [usize; 10] = [0, 32, 64, 128, 256, 384, 512, 768, 1024, 2048];
@@ -120,7 +120,12 @@ pub fn check(spec: &DataSpec, tok: &dyn TextCodec, decode: bool) -> anyhow::Resu
         let data = stage2_data(spec, decode).context("stage 2")?;
         for (name, samples, skips, sources) in [
             ("stage2/train", data.train, data.skips, data.sources),
-            ("stage2/val", data.val, SkipReport::default(), Sources::new()),
+            (
+                "stage2/val",
+                data.val,
+                SkipReport::default(),
+                Sources::new(),
+            ),
         ] {
             let (seqs, seq_skips, tr) =
                 b.build_all(&samples, |b, c| b.conversation(c), |c| c.id.clone());

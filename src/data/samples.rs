@@ -11,10 +11,10 @@ use anyhow::Context;
 use super::coco::{self, CaptionSample};
 use super::images::{load_rgb, par_map, ImageRoot};
 use super::instruct::{self, source_of, Conversation, Sources};
-use super::rng::epoch_order;
 use super::sequence::{ChatTemplate, SequenceBuilder, TextCodec};
 use super::skips::{SkipReason, SkipReport};
 use crate::config::Experiment;
+use crate::rng::epoch_order;
 
 /// Everything the data side of an experiment needs, with paths and sizes explicit (the CLI
 /// fills it from the experiment config).

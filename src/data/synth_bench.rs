@@ -28,8 +28,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::rng::Rng;
 use super::synth::{questions, scene, Kind, Scene, SynthOptions, KINDS};
+use crate::rng::Rng;
 
 /// Val images the benchmark sets are drawn on (at most).
 pub const BENCH_IMAGES: usize = 100;
@@ -57,16 +57,26 @@ pub fn write_bench_sets(
 ) -> anyhow::Result<BenchSummary> {
     let images: Vec<usize> = (first_val..o.images).take(BENCH_IMAGES).collect();
     let scenes: Vec<Scene> = images.iter().map(|&i| scene(o.seed, i as u64)).collect();
-    let names: Vec<String> = images.iter().map(|&i| format!("{:012}.jpg", i + 1)).collect();
+    let names: Vec<String> = images
+        .iter()
+        .map(|&i| format!("{:012}.jpg", i + 1))
+        .collect();
     let src = out.join("val2017");
     let bench = out.join("bench");
     let pope = bench.join("pope");
     let gqa = bench.join("gqa");
-    for d in [pope.join("coco"), pope.join("val2014"), gqa.join("data/images")] {
+    for d in [
+        pope.join("coco"),
+        pope.join("val2014"),
+        gqa.join("data/images"),
+    ] {
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     for n in &names {
-        for dst in [pope.join("val2014").join(n), gqa.join("data/images").join(n)] {
+        for dst in [
+            pope.join("val2014").join(n),
+            gqa.join("data/images").join(n),
+        ] {
             link_or_copy(&src.join(n), &dst)?;
         }
     }
@@ -170,12 +180,7 @@ fn jsonl(path: &Path, lines: &[Value]) -> anyhow::Result<()> {
     fs::write(path, s).with_context(|| format!("writing {}", path.display()))
 }
 
-fn write_pope(
-    dir: &Path,
-    seed: u64,
-    scenes: &[Scene],
-    names: &[String],
-) -> anyhow::Result<usize> {
+fn write_pope(dir: &Path, seed: u64, scenes: &[Scene], names: &[String]) -> anyhow::Result<usize> {
     let present: Vec<Vec<Kind>> = scenes.iter().map(kinds_of).collect();
     let mut llava = Vec::new();
     for cat in POPE_CATEGORIES {
@@ -193,7 +198,10 @@ fn write_pope(
                 }));
             }
         }
-        jsonl(&dir.join("coco").join(format!("coco_pope_{cat}.json")), &labels)?;
+        jsonl(
+            &dir.join("coco").join(format!("coco_pope_{cat}.json")),
+            &labels,
+        )?;
     }
     jsonl(&dir.join("llava_pope_test.jsonl"), &llava)?;
     Ok(llava.len())

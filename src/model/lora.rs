@@ -32,6 +32,7 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorCreationOptions, TensorPrimitive};
 
+use super::attention::{attention_biased, lean_attention};
 use super::checkpoint::Checkpoint;
 use super::nf4::{Nf4Config, Nf4Tensor};
 use super::{linear_flat, on_rows};
@@ -220,7 +221,10 @@ impl<B: Backend> FrozenLinear<B> {
             // PyTorch's [out, in] order, so blocks match bitsandbytes.
             Some(cfg) => {
                 let w = ckpt.read_f32(&name, &[d_out, d_in])?;
-                (None, Some(Arc::new(Nf4Tensor::quantize(&w, &[d_out, d_in], cfg))))
+                (
+                    None,
+                    Some(Arc::new(Nf4Tensor::quantize(&w, &[d_out, d_in], cfg))),
+                )
             }
             None => {
                 let t = ckpt.read_f32_transposed(&name, d_out, d_in)?;
@@ -337,12 +341,25 @@ impl<B: QLoraBackend> FrozenLinear<B> {
 /// dequantized base weights of all layers at once (burn's own matmul would save the f32 /
 /// bf16 weight for `dL/dx`). Implemented for the build's compute backend and its autodiff
 /// wrapper; another backend opts in with an empty `impl`.
+///
+/// It carries the LM's other op with a training form of its own: attention, which under
+/// autodiff keeps no `[tokens, tokens]` matrix for the backward ([`lean_attention`]).
 pub trait QLoraBackend: Backend {
     /// `x` `[n, in]` times the transpose of the packed `[out, in]` weight: `[n, out]`.
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
         let wt = dequantized::<Self>(&w, &x.device(), x.dtype()).transpose();
         x.matmul(wt).into_primitive().tensor()
+    }
+
+    /// Attention on `[batch, heads, tokens, head_dim]` with an additive mask bias.
+    fn attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+    ) -> Tensor<Self, 4> {
+        attention_biased(q, k, v, bias)
     }
 }
 
@@ -421,6 +438,15 @@ pub(crate) fn dequantized_on_device<B: Backend>(
 impl QLoraBackend for crate::backend::Compute {}
 
 impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
+    fn attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+    ) -> Tensor<Self, 4> {
+        lean_attention(q, k, v, bias)
+    }
+
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Nf4Matmul;

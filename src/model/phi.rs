@@ -18,9 +18,10 @@ use burn::prelude::*;
 use burn::tensor::Bool;
 use serde_json::Value;
 
+use super::attention::mask_bias;
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
-use super::{attention_biased, mask_bias, Activation, FlatForward};
+use super::{Activation, FlatForward};
 
 /// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
 /// the top level (the microsoft/phi-2 file) or from `rope_parameters` (current transformers).
@@ -456,15 +457,18 @@ impl<B: Backend> PhiLayer<B> {
 }
 
 impl<B: QLoraBackend> PhiLayer<B> {
-    fn forward(
+    /// The block `x + attn(ln(x)) + mlp(ln(x))`, appending to `cache` when given.
+    pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        bias: Option<Tensor<B, 4>>,
+        ctx: &LayerContext<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
+        let (rope, bias) = (&ctx.rope, ctx.bias.clone());
         let h = self.input_layernorm.forward(x.clone());
-        let a = self.resid_dropout.forward(self.attn(h.clone(), rope, bias, cache));
+        let a = self
+            .resid_dropout
+            .forward(self.attn(h.clone(), rope, bias, cache));
         let m = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
         a + self.resid_dropout.forward(m) + x
     }
@@ -495,7 +499,7 @@ impl<B: QLoraBackend> PhiLayer<B> {
             *slot = Some((k.clone(), v.clone()));
         }
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let o = attention_biased(q, k, v, bias)
+        let o = <B as QLoraBackend>::attention(q, k, v, bias)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
         self.dense.forward(o)
@@ -672,9 +676,26 @@ impl<B: QLoraBackend> Phi<B> {
         mask: Option<Tensor<B, 2, Bool>>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let ctx = self.context(&embeds, past, mask);
+        let mut x = self.embed_input(embeds);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &ctx, slot);
+        }
+        self.head(x)
+    }
+
+    /// What every layer of one forward pass shares: the rotary tables for positions
+    /// `past .. past + tokens` and the attention mask as an additive bias, built once.
+    pub fn context(
+        &self,
+        embeds: &Tensor<B, 3>,
+        past: usize,
+        mask: Option<Tensor<B, 2, Bool>>,
+    ) -> LayerContext<B> {
         let [b, t, d] = embeds.dims();
         let device = embeds.device();
-        let past = cache.as_ref().map_or(0, |c| c.len());
         // Every layer has the config's head counts.
         let (heads, kv_heads) = self
             .layers
@@ -690,13 +711,24 @@ impl<B: QLoraBackend> Phi<B> {
         );
         let bias = attention_mask(b, t, past, mask, &device)
             .map(|m| mask_bias(m, [b, heads, t, past + t], embeds.dtype()));
-        let mut x = self.embed_dropout.forward(embeds);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, bias.clone(), slot);
-        }
+        LayerContext { rope, bias }
+    }
+
+    /// The input embeddings as the first layer takes them (`embd_pdrop` while training).
+    pub fn embed_input(&self, embeds: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.embed_dropout.forward(embeds)
+    }
+
+    /// Logits from the last layer's output: `final_layernorm`, then `lm_head`.
+    pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.lm_head.forward_flat(self.final_layernorm.forward(x))
     }
+}
+
+/// The per-forward constants of every layer ([`Phi::context`]).
+pub struct LayerContext<B: Backend> {
+    rope: Rope<B>,
+    bias: Option<Tensor<B, 4>>,
 }
 
 impl<B: QLoraBackend> Phi<B> {

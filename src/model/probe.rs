@@ -91,7 +91,7 @@ pub fn probe_lm_with(
         );
     }
     let lora = LoraConfig {
-        quant: opts.quant.clone(),
+        quant: opts.quant,
         ..LoraConfig::frozen()
     };
     let ckpt = Checkpoint::open(model_dir)?;

@@ -71,6 +71,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
          <h2>Config differences</h2>{diff}\
          <h2>Curves</h2><p class=\"muted\">Faint: raw values (downsampled, extremes kept); \
          solid: smoothed ({smoothing}). Colours are fixed per run as listed above.</p>{charts}\
+         {bench}\
          <h2>Final metrics</h2><p class=\"muted\">Last logged value; deltas against {first}.</p>{metrics}\
          <h2>Samples</h2>{samples}\
          <h2>Provenance</h2>{prov}",
@@ -80,6 +81,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
         smoothing = esc(&o.charts.smoothing.label()),
         charts = sections::charts(&charts, &png_dir, &format!("{stem}-charts/"))?,
         first = esc(&labels[0]),
+        bench = bench_table(&runs, &labels),
         metrics = metrics_table(&runs),
         samples = sections::samples(&refs, store),
         prov = sections::provenance(&refs),
@@ -203,6 +205,41 @@ fn config_diff(runs: &[RunData]) -> String {
     header.extend(runs.iter().map(|r| r.id()));
     s.push_str(&table("diff", &header, &rows));
     s
+}
+
+/// The benchmarks' headline scores, one row per run and one column per score (as on the
+/// leaderboard); nothing when no run has any.
+fn bench_table(runs: &[RunData], labels: &[String]) -> String {
+    let keys: BTreeSet<&String> = runs
+        .iter()
+        .flat_map(|r| r.summary.metrics.keys())
+        .filter(|k| super::leaderboard::bench_headline(k))
+        .collect();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let mut header = vec!["run".to_string()];
+    header.extend(keys.iter().map(|k| {
+        // `stage2/eval/bench/pope/f1` -> `pope/f1`.
+        k.splitn(4, '/').nth(3).unwrap_or(k).to_string()
+    }));
+    let rows: Vec<String> = runs
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (r, l))| {
+            let mut row = format!("<td>{}{}</td>", swatch(i), esc(l));
+            for k in &keys {
+                row.push_str(&num_cell(r.summary.metrics.get(*k).copied()));
+            }
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    format!(
+        "<h2>Benchmarks</h2>{}",
+        table("bench sortable", &header, &rows)
+    )
 }
 
 /// Every metric's last value per run; from the second run on, the absolute and relative

@@ -12,6 +12,7 @@ pub mod data;
 pub mod evaluate;
 pub mod grads;
 pub mod loss;
+pub mod recompute;
 pub mod schedule;
 pub mod stage;
 
@@ -48,7 +49,8 @@ impl StageRunner for Trainer {
     }
     /// The experiment's benchmarks, on the stage-2 model (resuming their answers).
     fn after_stages(&self, ctx: &mut RunContext) -> Result<()> {
-        let done = crate::eval::bench::run::configured(ctx.store, ctx.run_id, ctx.exp, ctx.metrics)?;
+        let done =
+            crate::eval::bench::run::configured(ctx.store, ctx.run_id, ctx.exp, ctx.metrics)?;
         if done.iter().any(|o| o.interrupted()) {
             return Err(Interrupted.into());
         }
@@ -345,22 +347,25 @@ where
             .batch::<Train>(cached_items(&s.data.train, idx, &s.data.cache), device);
         tokens += batch.lengths.iter().sum::<usize>();
         samples += idx.len();
-        let (loss, n) =
-            loss::masked_lm_loss(forward(&t.projector, &t.lm, &batch), batch.labels.clone());
-        loss_sum += loss.clone().into_scalar().elem::<f64>();
-        targets += n;
-        let mut g = (loss / accum as f64).backward();
-        grads::accumulate::<Train, _>(
-            &t.projector,
-            &mut gp,
-            GradientsParams::from_module(&mut g, &t.projector),
-        );
-        if t.optim_lm.is_some() {
-            grads::accumulate::<Train, _>(
+        let train_lm = t.optim_lm.is_some();
+        let m = if opt.activation_checkpointing {
+            let micro_seed = seed ^ (micro as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
+            recompute::micro_step(
+                &t.projector,
                 &t.lm,
-                &mut gl,
-                GradientsParams::from_module(&mut g, &t.lm),
-            );
+                &batch,
+                accum as f64,
+                train_lm,
+                micro_seed,
+            )
+        } else {
+            recompute::micro_step_plain(&t.projector, &t.lm, &batch, accum as f64, train_lm)
+        };
+        loss_sum += m.loss;
+        targets += m.targets;
+        grads::accumulate::<Train, _>(&t.projector, &mut gp, m.projector);
+        if train_lm {
+            grads::accumulate::<Train, _>(&t.lm, &mut gl, m.lm);
         }
     }
     // One global norm over everything trained, as torch's clip_grad_norm_ over all params.

@@ -91,9 +91,15 @@ fn bad_bench_entries_name_file_key_and_line() {
         e.contains("line 12: `eval.bench[1].task` \"gqa\" is already benchmarked by eval.bench[0]"),
         "{e}"
     );
-    assert!(e.contains("line 14: `eval.bench[1].batch` must be >= 1"), "{e}");
+    assert!(
+        e.contains("line 14: `eval.bench[1].batch` must be >= 1"),
+        "{e}"
+    );
     let e = load("no_data.toml", "[[eval.bench]]\ntask = \"gqa\"\n");
-    assert!(e.contains("no_data.toml:") && e.contains("missing field `data`"), "{e}");
+    assert!(
+        e.contains("no_data.toml:") && e.contains("missing field `data`"),
+        "{e}"
+    );
     // Their folders must exist before a run starts.
     let e = parse(&experiment("b", BENCH), "b").unwrap();
     let missing = config::check_paths(&e, &[1, 2]);

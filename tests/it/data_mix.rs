@@ -41,7 +41,11 @@ fn mix665k_loads_every_source_and_text_only_records() {
     assert_eq!(set.skips.ids(SkipReason::MissingImage), ["1000059"]);
     let by_id = |id: &str| set.samples.iter().find(|c| c.id == id).unwrap();
     let gqa = by_id("2354786");
-    assert!(gqa.image.as_ref().unwrap().ends_with("gqa/images/2354786.jpg"));
+    assert!(gqa
+        .image
+        .as_ref()
+        .unwrap()
+        .ends_with("gqa/images/2354786.jpg"));
     assert_eq!(gqa.turns.len(), 2);
     assert_eq!(
         gqa.turns[0].question,
@@ -50,7 +54,10 @@ fn mix665k_loads_every_source_and_text_only_records() {
     // `<image>` after the question (OCR-VQA) is removed the same way.
     assert_eq!(by_id("1000058").turns[0].question, "Who wrote this book?");
     let text = by_id("oFyLrSn_0");
-    assert_eq!((text.image.as_ref(), text.image_name.as_ref()), (None, None));
+    assert_eq!(
+        (text.image.as_ref(), text.image_name.as_ref()),
+        (None, None)
+    );
     assert_eq!(text.turns.len(), 2);
     assert_eq!(text.turns[1].answer, "Avec plaisir.");
 }
@@ -71,24 +78,39 @@ coco_root = "{root}"
 instruct_json = "{root}/llava_v1_5_mix665k.json"
 image_folder = "{root}"
 stage2_val = 2
-max_len = 64
+max_len = 512
 "#,
         root = mix().display()
     );
     let e = write(tmp.path(), "mix.toml", &text);
     let out = succeed(
         harness(tmp.path(), &tmp.path().join("results"))
-            .args(["data", "check", "--json", "--image-tokens", "4", "--tokenizer"])
+            .args([
+                "data",
+                "check",
+                "--json",
+                "--image-tokens",
+                "4",
+                "--tokenizer",
+            ])
             .arg(repo_path("tests/fixtures/data/tokenizer.json"))
             .arg("--config")
             .arg(&e),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let splits = v["splits"].as_array().unwrap();
-    let train = splits.iter().find(|s| s["split"] == "stage2/train").unwrap();
+    let train = splits
+        .iter()
+        .find(|s| s["split"] == "stage2/train")
+        .unwrap();
     let val = splits.iter().find(|s| s["split"] == "stage2/val").unwrap();
     let src = &train["sources"];
-    let pair = |s: &str| (src[s]["kept"].as_u64().unwrap(), src[s]["skipped"].as_u64().unwrap());
+    let pair = |s: &str| {
+        (
+            src[s]["kept"].as_u64().unwrap(),
+            src[s]["skipped"].as_u64().unwrap(),
+        )
+    };
     assert_eq!(pair("vg"), (2, 1), "{src}");
     assert_eq!(pair("coco"), (1, 1));
     assert_eq!(pair("ocr_vqa"), (1, 1));
@@ -112,7 +134,10 @@ max_len = 64
             .arg(&e),
     );
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("by source (records kept / skipped)") && s.contains("ocr_vqa"), "{s}");
+    assert!(
+        s.contains("by source (records kept / skipped)") && s.contains("ocr_vqa"),
+        "{s}"
+    );
 }
 
 /// `data.image_folder` is part of stage 2's key only, and only when set; it must exist.
@@ -129,7 +154,8 @@ fn image_folder_keys_stage2_and_is_checked() {
     assert_ne!(k0.stage2, k_set.stage2);
     let missing = check_paths(&parse(&with("/nonexistent/llava"), "a.toml").unwrap(), &[2]);
     assert!(
-        missing.contains(&"`data.image_folder` = \"/nonexistent/llava\" does not exist".to_string()),
+        missing
+            .contains(&"`data.image_folder` = \"/nonexistent/llava\" does not exist".to_string()),
         "{missing:?}"
     );
 }

@@ -9,6 +9,7 @@ use harness::data::synth::{generate, scene, SynthOptions};
 use harness::data::synth_bench::{BENCH_IMAGES, POPE_CATEGORIES};
 use harness::eval::bench::pope::says_no;
 use harness::eval::bench::{self, GtPaths, Task};
+use harness::report::leaderboard;
 use harness::store::{runs, Store};
 
 use crate::common::{harness_train, succeed, write};
@@ -129,13 +130,19 @@ fn stored(m: &Micro, name: &str) -> BTreeMap<String, f64> {
 fn pope_accuracy_by_hand(pope: &Path, answers: &[serde_json::Value]) -> BTreeMap<String, f64> {
     let by_id: HashMap<i64, &str> = answers
         .iter()
-        .map(|a| (a["question_id"].as_i64().unwrap(), a["text"].as_str().unwrap()))
+        .map(|a| {
+            (
+                a["question_id"].as_i64().unwrap(),
+                a["text"].as_str().unwrap(),
+            )
+        })
         .collect();
     let questions = lines(&pope.join("llava_pope_test.jsonl"));
     let mut out = BTreeMap::new();
     for cat in POPE_CATEGORIES {
         let labels = lines(&pope.join(format!("coco/coco_pope_{cat}.json")));
-        let qs: Vec<&serde_json::Value> = questions.iter().filter(|q| q["category"] == cat).collect();
+        let qs: Vec<&serde_json::Value> =
+            questions.iter().filter(|q| q["category"] == cat).collect();
         assert_eq!(qs.len(), labels.len());
         let mut right = 0;
         for (q, l) in qs.iter().zip(&labels) {
@@ -173,7 +180,9 @@ batch = 4
     // The CLI on the finished run: the whole POPE set.
     let out = succeed(
         m.cmd()
-            .args(["eval", "bench", "mb", "--task", "pope", "--batch", "8", "--data"])
+            .args([
+                "eval", "bench", "mb", "--task", "pope", "--batch", "8", "--data",
+            ])
             .arg(m.pope())
             .arg("--json"),
     );
@@ -184,7 +193,14 @@ batch = 4
     assert_eq!(printed["n"], questions.len());
     for (a, q) in answers.iter().zip(&questions) {
         let keys: Vec<&str> = a.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        for k in ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"] {
+        for k in [
+            "question_id",
+            "prompt",
+            "text",
+            "answer_id",
+            "model_id",
+            "metadata",
+        ] {
             assert!(keys.contains(&k), "{k} missing in {a}");
         }
         assert_eq!(a["question_id"], q["question_id"]);
@@ -206,7 +222,25 @@ batch = 4
     let mut gt = GtPaths::new(m.pope().join("coco"));
     gt.questions = Some(m.pope().join("llava_pope_test.jsonl"));
     let again = bench::score_files(Task::Pope, &m.answers("mb", "pope"), &gt).unwrap();
-    assert_eq!(again.metrics.get("accuracy"), Some(metrics["bench/pope/accuracy"]));
+    assert_eq!(
+        again.metrics.get("accuracy"),
+        Some(metrics["bench/pope/accuracy"])
+    );
+
+    // The leaderboard has the headline scores as columns, not the breakdowns.
+    let entries = leaderboard::entries(&m.store()).unwrap();
+    let (header, rows) = leaderboard::cells(&entries);
+    for k in ["pope/accuracy", "pope/f1", "gqa/accuracy"] {
+        let col = header
+            .iter()
+            .position(|h| h == &format!("stage2/eval/bench/{k}"))
+            .unwrap_or_else(|| panic!("no {k} column in {header:?}"));
+        let want = metrics[&format!("bench/{k}")];
+        assert_eq!(rows[0][col], harness::report::html::num(want), "{k}");
+    }
+    assert!(!header
+        .iter()
+        .any(|h| h.ends_with("/adversarial/f1") || h.ends_with("/n")));
 }
 
 fn gqa_right_by_hand(gqa: &Path, answers: &[serde_json::Value]) -> usize {
@@ -217,8 +251,15 @@ fn gqa_right_by_hand(gqa: &Path, answers: &[serde_json::Value]) -> usize {
     answers
         .iter()
         .filter(|a| {
-            let want = gt[a["question_id"].as_str().unwrap()]["answer"].as_str().unwrap();
-            a["text"].as_str().unwrap().trim_end_matches('.').to_lowercase() == want
+            let want = gt[a["question_id"].as_str().unwrap()]["answer"]
+                .as_str()
+                .unwrap();
+            a["text"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches('.')
+                .to_lowercase()
+                == want
         })
         .count()
 }
@@ -233,9 +274,11 @@ fn interrupted_eval_bench_resumes_and_answers_each_question_once() {
     let pope = m.pope();
     let bench = |extra: &[&str]| {
         let mut c = m.cmd();
-        c.args(["eval", "bench", "mr", "--task", "pope", "--batch", "1", "--data"])
-            .arg(&pope)
-            .args(extra);
+        c.args([
+            "eval", "bench", "mr", "--task", "pope", "--batch", "1", "--data",
+        ])
+        .arg(&pope)
+        .args(extra);
         c
     };
     let questions = lines(&pope.join("llava_pope_test.jsonl"));
@@ -254,13 +297,30 @@ fn interrupted_eval_bench_resumes_and_answers_each_question_once() {
     std::fs::rename(&img, &hidden).unwrap();
     let answered_first: HashSet<i64> = first
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question_id"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["question_id"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
-    let skipped = questions
-        .iter()
-        .filter(|q| q["image"] == name && !answered_first.contains(&q["question_id"].as_i64().unwrap()))
-        .count();
+    let unanswered_of = |image: &str| {
+        questions
+            .iter()
+            .filter(|q| {
+                q["image"] == image && !answered_first.contains(&q["question_id"].as_i64().unwrap())
+            })
+            .count()
+    };
+    let skipped = unanswered_of(name);
     assert!(skipped > 0);
+    // Another one is corrupt (truncated to a few bytes of JPEG header).
+    let bad = questions[n / 2]["image"].as_str().unwrap();
+    assert_ne!(bad, name);
+    let corrupt = unanswered_of(bad);
+    assert!(corrupt > 0);
+    let bad_img = pope.join("val2014").join(bad);
+    let good_bytes = std::fs::read(&bad_img).unwrap();
+    std::fs::write(&bad_img, &good_bytes[..16]).unwrap();
     // A call killed wherever it is.
     let mut child = bench(&[])
         .stdout(std::process::Stdio::null())
@@ -279,21 +339,33 @@ fn interrupted_eval_bench_resumes_and_answers_each_question_once() {
         !status.success(),
         std::fs::read_to_string(&path).unwrap().lines().count()
     );
-    // The next call finishes, skipping the missing image's questions and naming it.
+    // The next call finishes, skipping the missing and the corrupt image's questions and
+    // naming both.
     let out = succeed(&mut bench(&[]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("{skipped} missing images")) && err.contains(name),
         "{err}"
     );
+    assert!(
+        err.contains(&format!("{corrupt} undecodable images")) && err.contains(bad),
+        "{err}"
+    );
     let metrics = stored(&m, "mr");
-    assert_eq!(metrics["bench/pope/missing_images"], skipped as f64);
-    assert_eq!(metrics["bench/pope/n"], (n - skipped) as f64);
-    // Then it comes back, and only its questions are asked.
+    assert_eq!(
+        metrics["bench/pope/missing_images"],
+        (skipped + corrupt) as f64
+    );
+    assert_eq!(metrics["bench/pope/n"], (n - skipped - corrupt) as f64);
+    // Then both come back, and only their questions are asked.
     std::fs::rename(&hidden, &img).unwrap();
+    std::fs::write(&bad_img, &good_bytes).unwrap();
     let out = succeed(&mut bench(&[]));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{skipped} answered now")), "{err}");
+    assert!(
+        err.contains(&format!("{} answered now", skipped + corrupt)),
+        "{err}"
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.starts_with(&first), "earlier answers were rewritten");
     let answers = lines(&path);
@@ -320,7 +392,8 @@ fn synthetic_benchmark_sets_follow_the_scenes() {
     let mut perfect = String::new();
     for cat in POPE_CATEGORIES {
         let labels = lines(&pope.join(format!("coco/coco_pope_{cat}.json")));
-        let qs: Vec<&serde_json::Value> = questions.iter().filter(|q| q["category"] == cat).collect();
+        let qs: Vec<&serde_json::Value> =
+            questions.iter().filter(|q| q["category"] == cat).collect();
         assert_eq!(qs.len(), labels.len());
         let yes = labels.iter().filter(|l| l["label"] == "yes").count();
         assert_eq!(2 * yes, labels.len(), "{cat}: as many yes as no");
@@ -343,7 +416,11 @@ fn synthetic_benchmark_sets_follow_the_scenes() {
                 .iter()
                 .any(|s| s.kind.name() == kind);
             assert_eq!(present, l["label"] == "yes", "{cat} {name} {kind}");
-            let said = if present { "Yes, there is." } else { "No, there is not." };
+            let said = if present {
+                "Yes, there is."
+            } else {
+                "No, there is not."
+            };
             perfect.push_str(&format!(
                 "{}\n",
                 serde_json::json!({"question_id": q["question_id"], "prompt": q["text"], "text": said})
@@ -372,8 +449,14 @@ fn synthetic_benchmark_sets_follow_the_scenes() {
         let id = q["question_id"].as_str().unwrap();
         let item = &gt[id];
         assert_eq!(item["question"], q["text"]);
-        assert_eq!(format!("{}.jpg", item["imageId"].as_str().unwrap()), q["image"].as_str().unwrap());
-        assert!(gqa.join("data/images").join(q["image"].as_str().unwrap()).exists());
+        assert_eq!(
+            format!("{}.jpg", item["imageId"].as_str().unwrap()),
+            q["image"].as_str().unwrap()
+        );
+        assert!(gqa
+            .join("data/images")
+            .join(q["image"].as_str().unwrap())
+            .exists());
         // Scored as LLaVA converts it: a trailing period and capitals do not matter.
         let said = format!("{}.", item["answer"].as_str().unwrap().to_uppercase());
         perfect.push_str(&format!(
@@ -400,6 +483,10 @@ fn synthetic_benchmark_sets_follow_the_scenes() {
         "bench/pope/coco/coco_pope_adversarial.json",
         "bench/gqa/data/testdev_balanced_questions.json",
     ] {
-        assert_eq!(std::fs::read(dir.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(dir.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
     }
 }

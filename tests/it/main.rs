@@ -32,5 +32,6 @@ mod report_cost;
 mod report_pages;
 mod slurm_cluster;
 mod store_runs;
+mod synth_backbone;
 mod train_e2e;
 mod train_step;

@@ -155,9 +155,16 @@ fn phi_configs_we_would_compute_wrongly_are_refused() {
     };
     let err = format!(
         "{:#}",
-        with("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0})).unwrap_err()
+        with(
+            "rope_scaling",
+            serde_json::json!({"type": "linear", "factor": 2.0})
+        )
+        .unwrap_err()
     );
-    assert!(err.contains("rope_scaling") && err.contains("linear"), "{err}");
+    assert!(
+        err.contains("rope_scaling") && err.contains("linear"),
+        "{err}"
+    );
     assert!(with("rope_scaling", serde_json::Value::Null).is_ok());
     let err = format!("{:#}", with("attention_dropout", 0.1.into()).unwrap_err());
     assert!(err.contains("attention_dropout"), "{err}");
@@ -182,17 +189,27 @@ fn phi_residual_dropout_applies_while_training_only() {
     let plain = Phi::<Train>::load(&ckpt, &cfg, &device).unwrap();
     cfg.resid_pdrop = 0.5;
     let dropped = Phi::<Train>::load(&ckpt, &cfg, &device).unwrap();
-    let ids = Tensor::<Train, 2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3], [1, 4]), &device);
+    let ids =
+        Tensor::<Train, 2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3], [1, 4]), &device);
     let vals = |t: Tensor<Train, 3>| t.into_data().to_vec::<f32>().unwrap();
     let reference = vals(plain.forward(ids.clone(), None));
     // Training (autodiff): the branches are dropped, so the logits move.
     let train = vals(dropped.forward(ids.clone(), None));
     let moved = reference.iter().zip(&train).filter(|(a, b)| a != b).count();
-    assert!(moved > reference.len() / 2, "{moved} of {} moved", reference.len());
+    assert!(
+        moved > reference.len() / 2,
+        "{moved} of {} moved",
+        reference.len()
+    );
     // Evaluation (`valid()`, no autodiff): dropout is the identity (the inner backend's
     // kernels round differently from the autodiff ones in the 7th digit).
     let inner = ids.inner();
-    let eval = dropped.valid().forward(inner, None).into_data().to_vec::<f32>().unwrap();
+    let eval = dropped
+        .valid()
+        .forward(inner, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     let err = eval
         .iter()
         .zip(&reference)

@@ -236,7 +236,9 @@ mod tests {
             .cloned()
             .collect();
         // serde_json's map sorts; the line itself keeps LLaVA's order.
-        assert!(first.starts_with(r#"{"question_id":1,"prompt":"Is there a dog?","text":"Yes","answer_id":""#));
+        assert!(first.starts_with(
+            r#"{"question_id":1,"prompt":"Is there a dog?","text":"Yes","answer_id":""#
+        ));
         assert_eq!(keys.len(), 6);
         // A crash in the middle of the third line.
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();

@@ -355,7 +355,9 @@ mod tests {
         assert_eq!(q[0].image, None);
         assert_eq!(
             q[0].text,
-            format!("Context: N/A\nQuestion: Which word is a noun?\nOptions: (A) run (B) dog{tail}")
+            format!(
+                "Context: N/A\nQuestion: Which word is a noun?\nOptions: (A) run (B) dog{tail}"
+            )
         );
         assert_eq!(q[0].prompt, q[0].text);
         assert_eq!(q[1].image.as_deref(), Some("5/image.png"));
@@ -398,7 +400,9 @@ mod tests {
         let (q, dups) = load_questions(&layout).unwrap();
         assert_eq!((q.len(), dups), (1, 1));
         assert_eq!(q[0].prompt, q[0].text);
-        assert!(q[0].text.ends_with("\nAnswer the question using a single word or phrase."));
+        assert!(q[0]
+            .text
+            .ends_with("\nAnswer the question using a single word or phrase."));
         std::fs::write(&p, "{\"question_id\": 1, \"image\": \"a.jpg\"}\n").unwrap();
         let e = format!("{:#}", load_questions(&layout).unwrap_err());
         assert!(

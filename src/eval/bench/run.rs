@@ -148,7 +148,8 @@ fn final_step(session: &Session) -> u64 {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
         .filter_map(|e| {
-            let v: serde_json::Value = crate::fsutil::read_json(&e.path().join("state.json")).ok()?;
+            let v: serde_json::Value =
+                crate::fsutil::read_json(&e.path().join("state.json")).ok()?;
             v.get("step")?.as_u64()
         })
         .max()
@@ -406,7 +407,10 @@ pub fn evaluate(
             layout.questions.display(),
             outcome
                 .skipped_line()
-                .map(|s| format!(" ({s}; images are looked up under {})", layout.images.display()))
+                .map(|s| format!(
+                    " ({s}; images are looked up under {})",
+                    layout.images.display()
+                ))
                 .unwrap_or_default()
         );
     }
@@ -417,7 +421,14 @@ pub fn evaluate(
     let s = score(task, &answers, &gt)?;
     let step = final_step(session);
     let log_metric = |m: &mut MetricsWriter, name: &str, v: f64| {
-        m.log("stage2", "eval", step, 0.0, &format!("bench/{task}/{name}"), v)
+        m.log(
+            "stage2",
+            "eval",
+            step,
+            0.0,
+            &format!("bench/{task}/{name}"),
+            v,
+        )
     };
     for (k, v) in s.store_metrics() {
         metrics.log("stage2", "eval", step, 0.0, &k, v)?;
