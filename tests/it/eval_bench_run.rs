@@ -241,6 +241,31 @@ batch = 4
     assert!(!header
         .iter()
         .any(|h| h.ends_with("/adversarial/f1") || h.ends_with("/n")));
+
+    // Another experiment asking for a benchmark reuses both trained stages (benchmarks are
+    // outside the stage keys) and benchmarks the reused model; it shows its own benchmark
+    // only, and the first run's stay as they were.
+    let pope_only = r#"
+[[eval.bench]]
+task = "pope"
+data = "synth/bench/pope"
+limit = 12
+"#;
+    let e = exp(m.tmp.path(), "mb2", pope_only);
+    succeed(m.cmd().arg("run").arg(&e));
+    let status = m.store().read_status(&m.run_id("mb2")).unwrap();
+    for st in ["stage1", "stage2"] {
+        assert_eq!(
+            status.stages[st].run_id,
+            m.run_id("mb"),
+            "{st} was not reused"
+        );
+    }
+    let second = stored(&m, "mb2");
+    assert_eq!(second["bench/pope/n"], 12.0);
+    assert!(!second.contains_key("bench/gqa/n"), "{second:?}");
+    assert_eq!(lines(&m.answers("mb2", "pope")).len(), 12);
+    assert_eq!(stored(&m, "mb")["bench/pope/n"], questions.len() as f64);
 }
 
 fn gqa_right_by_hand(gqa: &Path, answers: &[serde_json::Value]) -> usize {
