@@ -515,3 +515,60 @@ fn synthetic_benchmark_sets_follow_the_scenes() {
         );
     }
 }
+
+/// ScienceQA on a micro run: a problem without an image is asked as text only (no image
+/// tokens), one with an image with it; the recorded prompts say which (`<image>\n`), and
+/// the stored metrics are the answers file's score.
+#[test]
+fn scienceqa_asks_text_only_problems_without_an_image() {
+    let m = micro("ms", "");
+    let sqa = m.tmp.path().join("sqa");
+    let fixture = crate::common::repo_path("tests/fixtures/bench/scienceqa");
+    std::fs::create_dir_all(sqa.join("images/test/5")).unwrap();
+    for f in ["problems.json", "pid_splits.json"] {
+        std::fs::copy(fixture.join(f), sqa.join(f)).unwrap();
+    }
+    let val_image = std::fs::read_dir(m.tmp.path().join("synth/val2017"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(val_image, sqa.join("images/test/5/image.png")).unwrap();
+    std::fs::write(
+        sqa.join("llava_test_CQM-A.json"),
+        r#"[{"id": "4", "conversations": [{"from": "human", "value": "Context: N/A\nQuestion: Which word is a noun?\nOptions: (A) run (B) dog"}]},
+            {"id": "5", "image": "5/image.png", "conversations": [{"from": "human", "value": "<image>\nContext: A map.\nQuestion: Which state is farthest north?\nOptions: (A) Ohio (B) Maine"}]}]"#,
+    )
+    .unwrap();
+    succeed(
+        m.cmd()
+            .args(["eval", "bench", "ms", "--task", "scienceqa", "--data"])
+            .arg(&sqa),
+    );
+    let answers = lines(&m.answers("ms", "scienceqa"));
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0]["question_id"], "4");
+    assert!(!answers[0]["prompt"].as_str().unwrap().contains("<image>"));
+    assert!(answers[1]["prompt"]
+        .as_str()
+        .unwrap()
+        .starts_with("<image>\nContext: A map."));
+    assert_eq!(answers[0]["metadata"]["image"], serde_json::Value::Null);
+    let metrics = stored(&m, "ms");
+    assert_eq!(metrics["bench/scienceqa/n"], 2.0);
+    let again = bench::score_files(
+        Task::ScienceQa,
+        &m.answers("ms", "scienceqa"),
+        &GtPaths::new(sqa.clone()),
+    )
+    .unwrap();
+    assert_eq!(again.n, 2);
+    for k in ["accuracy", "img_accuracy"] {
+        assert_eq!(
+            again.metrics.get(k),
+            Some(metrics[&format!("bench/scienceqa/{k}")]),
+            "{k}"
+        );
+    }
+}
