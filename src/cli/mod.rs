@@ -65,7 +65,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Compare runs on one HTML page: config diff, overlaid curves, metric deltas.
     Compare(compare::CompareArgs),
-    /// Score model outputs against references (COCO caption metrics).
+    /// Score model outputs against references (COCO captions, benchmarks), or run a
+    /// benchmark on a run's model.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Caption images with a run's model (`path<TAB>caption` per image).
@@ -92,7 +93,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => report::report(&results, a),
         Command::Compare(a) => compare::compare(&results, a),
-        Command::Eval(c) => eval::eval(c),
+        Command::Eval(c) => eval::eval(&results, c),
         Command::Caption(a) => caption::caption(&results, a),
         Command::Chat(a) => chat::chat(&results, a),
         Command::Export(a) => export::export(&results, a),

@@ -112,6 +112,16 @@ fn world(a: SynthArgs) -> anyhow::Result<()> {
         out.display(),
         t.elapsed().as_secs_f64()
     );
+    if s.bench.images > 0 {
+        println!(
+            "benchmark sets on {} val images: {} POPE questions ({}), {} GQA-style ({})",
+            s.bench.images,
+            s.bench.pope_questions,
+            out.join("bench/pope").display(),
+            s.bench.gqa_questions,
+            out.join("bench/gqa").display()
+        );
+    }
     Ok(())
 }
 

@@ -135,6 +135,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
          <h2>Curves</h2><p class=\"muted\">Faint: raw values (downsampled, extremes kept); \
          solid: smoothed ({smoothing}); a group's line is the mean of its runs over the band \
          of their lowest and highest values. Colours are fixed per run as listed above.</p>{charts}\
+         {bench}\
          <h2>Final metrics</h2><p class=\"muted\">Last logged value (a group's mean over its \
          seeds); deltas against {first}.</p>{metrics}\
          <h2>Samples</h2>{samples}\
@@ -146,6 +147,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
         smoothing = esc(&o.charts.smoothing.label()),
         charts = sections::charts(&charts, &png_dir, &format!("{stem}-charts/"))?,
         first = esc(&labels[0]),
+        bench = bench_table(&subs, &labels),
         metrics = metrics_table(&subs, &labels),
         samples = sections::samples(&firsts, store),
         prov = sections::provenance(&all_runs),
@@ -374,6 +376,41 @@ fn config_diff(runs: &[&RunData], labels: &[String]) -> String {
     header.extend(labels.iter().map(|l| l.as_str()));
     s.push_str(&table("diff", &header, &rows));
     s
+}
+
+/// The benchmarks' headline scores, one row per run or group (a group's mean) and one
+/// column per score (as on the leaderboard); nothing when no run has any.
+fn bench_table(subs: &[Subject], labels: &[String]) -> String {
+    let keys: BTreeSet<&String> = subs
+        .iter()
+        .flat_map(|s| s.runs.iter().flat_map(|r| r.summary.metrics.keys()))
+        .filter(|k| super::leaderboard::bench_headline(k))
+        .collect();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let mut header = vec!["run".to_string()];
+    header.extend(keys.iter().map(|k| {
+        // `stage2/eval/bench/pope/f1` -> `pope/f1`.
+        k.splitn(4, '/').nth(3).unwrap_or(k).to_string()
+    }));
+    let rows: Vec<String> = subs
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (s, l))| {
+            let mut row = format!("<td>{}{}</td>", swatch(i), esc(l));
+            for k in &keys {
+                row.push_str(&num_cell(s.value(k)));
+            }
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    format!(
+        "<h2>Benchmarks</h2>{}",
+        table("bench sortable", &header, &rows)
+    )
 }
 
 /// Every metric's last value per subject (a group's mean); from the second on, the

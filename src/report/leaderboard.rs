@@ -115,16 +115,30 @@ fn duration(s: &RunSummary) -> Option<f64> {
     Some((end - start).num_milliseconds() as f64 / 1e3)
 }
 
-/// `*/eval/*` metrics present in any run, sorted.
+/// `*/eval/*` metrics present in any run, sorted; of the benchmarks (`*/eval/bench/...`)
+/// only the headline ones ([`bench_headline`]): per-category and per-type breakdowns would
+/// bury the table (they are on each run's page and in `compare`).
 pub fn eval_columns(entries: &[Entry]) -> Vec<String> {
     entries
         .iter()
         .flat_map(|e| e.summary.metrics.keys())
         .filter(|k| k.split('/').nth(1) == Some("eval"))
+        .filter(|k| !k.contains("/eval/bench/") || bench_headline(k))
         .cloned()
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+/// Bookkeeping a benchmark records beside its scores (`eval::bench::run`).
+const BENCH_BOOKKEEPING: [&str; 3] = ["n", "samples_per_s", "missing_images"];
+
+/// A benchmark's headline score: `<stage>/eval/bench/<task>/<metric>` with a metric that
+/// is not a breakdown (`adversarial/f1`) or bookkeeping (`n`): POPE's `accuracy` and `f1`,
+/// GQA's `accuracy`, MME's `perception` and `cognition`, ...
+pub fn bench_headline(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    matches!(parts.as_slice(), [_, "eval", "bench", _, m] if !BENCH_BOOKKEEPING.contains(m))
 }
 
 const TEXT_COLUMNS: [&str; 9] = [
@@ -603,5 +617,31 @@ fn stale(store: &Store, id: &str) -> bool {
     ) {
         (Some(r), Some(s)) => r < s,
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_headline;
+
+    #[test]
+    fn benchmark_headlines_leave_out_breakdowns_and_bookkeeping() {
+        for k in [
+            "stage2/eval/bench/pope/accuracy",
+            "stage2/eval/bench/pope/f1",
+            "stage2/eval/bench/mme/perception",
+        ] {
+            assert!(bench_headline(k), "{k}");
+        }
+        for k in [
+            "stage2/eval/bench/pope/adversarial/f1",
+            "stage2/eval/bench/gqa/n",
+            "stage2/eval/bench/gqa/samples_per_s",
+            "stage2/eval/bench/gqa/missing_images",
+            "stage2/eval/qa_acc",
+            "stage2/train/bench/pope/accuracy",
+        ] {
+            assert!(!bench_headline(k), "{k}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::fsutil::{now_rfc3339, write_atomic, write_json};
 use crate::store::metrics::{self, MetricsWriter};
 use crate::store::provenance::{CodeState, Provenance};
 use crate::store::{self, LiveRun, StageStatus, State, Store};
-use crate::train::stage::{Interrupted, StageContext, StageRunner};
+use crate::train::stage::{Interrupted, RunContext, StageContext, StageRunner};
 
 /// What will happen to one stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -404,7 +404,13 @@ fn run_stages(
                 .join("stage1"),
         );
     }
-    Ok(())
+    // After stage 2 and its own evaluation: the experiment's `[[eval.bench]]`.
+    runner.after_stages(&mut RunContext {
+        store,
+        run_id: &p.run_id,
+        exp: &p.exp.exp,
+        metrics: writer,
+    })
 }
 
 enum Acquired {

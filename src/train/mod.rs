@@ -35,7 +35,7 @@ use crate::model::tokenizer::Tokenizer;
 use self::checkpoint::{TrainState, Trained};
 use self::data::StageData;
 use self::schedule::LrSchedule;
-use self::stage::{Interrupted, StageContext, StageRunner};
+use self::stage::{Interrupted, RunContext, StageContext, StageRunner};
 
 /// The stage runner that trains for real.
 pub struct Trainer;
@@ -46,6 +46,15 @@ impl StageRunner for Trainer {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         run_stage(ctx)
+    }
+    /// The experiment's benchmarks, on the stage-2 model (resuming their answers).
+    fn after_stages(&self, ctx: &mut RunContext) -> Result<()> {
+        let done =
+            crate::eval::bench::run::configured(ctx.store, ctx.run_id, ctx.exp, ctx.metrics)?;
+        if done.iter().any(|o| o.interrupted()) {
+            return Err(Interrupted.into());
+        }
+        Ok(())
     }
 }
 
