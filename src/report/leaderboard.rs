@@ -24,6 +24,27 @@ pub struct Entry {
     /// Mean training `tokens_per_s` of the latest stage that logged it (a last value
     /// alone is one noisy step).
     pub tokens_per_s: Option<f64>,
+    /// The Slurm task and node of each stage this run trained (`stage1 40_2 on gpu-07`),
+    /// empty when it trained none in a Slurm job.
+    pub ran_on: String,
+}
+
+/// `stage1 40_0 on n1, stage2 40_1 on n1`: the stages this run trained in Slurm tasks.
+fn ran_on(s: &RunSummary) -> String {
+    s.stages
+        .iter()
+        .filter(|(_, st)| st.run_id == s.id)
+        .filter_map(|(name, st)| {
+            let w = st.worker.as_ref().filter(|w| w.slurm.is_some())?;
+            Some(format!("{name} {}", w.short()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether any run has a Slurm task to show: only then the table has the column.
+fn any_ran_on(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| !e.ran_on.is_empty())
 }
 
 /// The metric columns: final losses, then every evaluation metric any run has.
@@ -69,6 +90,7 @@ pub fn entries(store: &Store) -> Result<Vec<Entry>> {
                 lora_rank: exp.as_ref().map(|e| e.stage2.lora_rank),
                 time_s,
                 tokens_per_s,
+                ran_on: ran_on(&s),
                 summary: s,
             }
         })
@@ -120,6 +142,9 @@ pub fn eval_columns(entries: &[Entry]) -> Vec<String> {
         .collect()
 }
 
+/// The column of Slurm tasks and nodes, shown when some run trained in a Slurm job.
+pub const RAN_ON: &str = "ran on (Slurm)";
+
 const TEXT_COLUMNS: [&str; 9] = [
     "#",
     "name",
@@ -135,7 +160,11 @@ const TEXT_COLUMNS: [&str; 9] = [
 /// The table as plain cells (for Markdown and CSV): header, then one row per run.
 pub fn cells(entries: &[Entry]) -> (Vec<String>, Vec<Vec<String>>) {
     let evals = eval_columns(entries);
+    let slurm = any_ran_on(entries);
     let mut header: Vec<String> = TEXT_COLUMNS.iter().map(|s| s.to_string()).collect();
+    if slurm {
+        header.push(RAN_ON.into());
+    }
     header.extend(LOSS_COLUMNS.iter().map(|s| s.to_string()));
     header.extend(evals.iter().cloned());
     header.push("tokens/s (mean)".into());
@@ -156,6 +185,9 @@ pub fn cells(entries: &[Entry]) -> (Vec<String>, Vec<Vec<String>>) {
                 e.lora_rank.map(|r| r.to_string()).unwrap_or_default(),
                 e.time_s.map(|t| format!("{t:.0}")).unwrap_or_default(),
             ];
+            if slurm {
+                row.push(e.ran_on.clone());
+            }
             row.extend(LOSS_COLUMNS.iter().map(|k| opt(s.metrics.get(*k).copied())));
             row.extend(evals.iter().map(|k| opt(s.metrics.get(k).copied())));
             row.push(opt(e.tokens_per_s));
@@ -220,6 +252,7 @@ pub fn write(store: &Store, reports_dir: &Path, o: &super::ChartOptions) -> Resu
     }
     let entries = entries(store)?;
     let evals = eval_columns(&entries);
+    let slurm = any_ran_on(&entries);
     let rows: Vec<String> = entries
         .iter()
         .enumerate()
@@ -256,6 +289,9 @@ pub fn write(store: &Store, reports_dir: &Path, o: &super::ChartOptions) -> Resu
                 ),
                 None => num_cell(None),
             });
+            if slurm {
+                row.push_str(&td(&e.ran_on));
+            }
             for k in LOSS_COLUMNS
                 .iter()
                 .map(|k| k.to_string())
@@ -269,6 +305,9 @@ pub fn write(store: &Store, reports_dir: &Path, o: &super::ChartOptions) -> Resu
         .collect();
     let mut header: Vec<String> = TEXT_COLUMNS.iter().map(|s| s.to_string()).collect();
     header[8] = "time".into();
+    if slurm {
+        header.push(RAN_ON.into());
+    }
     header.extend(LOSS_COLUMNS.iter().map(|s| s.to_string()));
     header.extend(evals);
     header.push("tokens/s (mean)".into());

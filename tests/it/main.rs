@@ -27,6 +27,8 @@ mod report_charts;
 mod report_cost;
 mod report_pages;
 mod slurm_cluster;
+mod slurm_sweep;
 mod store_runs;
+mod sweep_workers;
 mod train_e2e;
 mod train_step;
