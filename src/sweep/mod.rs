@@ -7,6 +7,7 @@
 //! - [`backbones`]: the `builtin:` backbones a sweep needs, built before any run starts.
 //! - [`worker`]: takes a plan's runs one at a time beside other workers on the same
 //!   results folder (skipping what others hold, waiting for a stage 1 another trains).
+//! - [`estimate`]: the feature cache and model memory a run will need (`--dry-run`).
 //! - [`parallel`]: `--jobs N` worker processes side by side.
 //! - [`slurm`]: the batch script, its submission and the checks before it.
 //! - [`cluster`]: a sweep on Slurm: its saved plan, `sweep --slurm`, `worker`, `--status`.
@@ -14,6 +15,7 @@
 
 pub mod backbones;
 pub mod cluster;
+pub mod estimate;
 pub mod parallel;
 pub mod plan;
 pub mod runner;
