@@ -280,10 +280,14 @@ impl Store {
 
     /// Whether the claim described by `info` no longer has a live owner.
     fn claim_stale(&self, info: &ClaimInfo) -> bool {
+        // The run's heartbeat speaks for this claim only while the claim's owner writes the
+        // status: once another worker took the run over, a claim the dead owner left (its
+        // stage lock) would otherwise look alive on the new owner's heartbeat forever.
         let beat = self
             .read_status(&info.run_id)
-            .map(|s| s.heartbeat_s)
-            .unwrap_or(info.created_s);
+            .ok()
+            .filter(|s| s.pid == info.pid && s.host == info.host)
+            .map_or(info.created_s, |s| s.heartbeat_s);
         // A claim made after the status was last written (a resume) counts from its creation.
         self.owner_gone(&info.host, info.pid, beat.max(info.created_s))
     }
