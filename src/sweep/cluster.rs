@@ -572,7 +572,7 @@ mod tests {
         let id = |exps: &[LoadedExperiment]| sweep_id(&plan::plan(&store, exps, &c).unwrap());
         let ab = id(&[a.clone(), b.clone()]);
         assert_eq!(ab, id(&[b.clone(), a.clone()]), "order does not matter");
-        assert_ne!(ab, id(&[a.clone()]));
+        assert_ne!(ab, id(std::slice::from_ref(&a)));
         assert!(
             ab.len() == 18
                 && ab.starts_with("sweep-")
