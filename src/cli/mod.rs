@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod caption;
 pub mod chat;
+pub mod cluster;
 pub mod compare;
 pub mod data;
 pub mod eval;
@@ -42,8 +43,12 @@ pub struct Cli {
 pub enum Command {
     /// Run both stages of one experiment.
     Run(run::RunArgs),
-    /// Run many experiments, reusing every stage already completed.
+    /// Run many experiments, reusing every stage already completed (here, or on Slurm
+    /// with --slurm).
     Sweep(run::SweepArgs),
+    /// Take the runs of a submitted sweep until none is left (what each Slurm array task
+    /// of `sweep --slurm` runs).
+    Worker(cluster::WorkerArgs),
     /// List the runs in the store.
     Ls(ls::LsArgs),
     /// Show one run: config, provenance, status, last metrics.
@@ -84,6 +89,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(&results, a),
         Command::Sweep(a) => run::sweep(&results, a),
+        Command::Worker(a) => cluster::worker(&results, a),
         Command::Ls(a) => ls::ls(&results, a),
         Command::Show(a) => show::show(&results, a),
         Command::Probe(c) => probe::probe(c),

@@ -31,6 +31,27 @@ pub struct Entry {
     /// Mean training `tokens_per_s` of the latest stage that logged it (a last value
     /// alone is one noisy step).
     pub tokens_per_s: Option<f64>,
+    /// The Slurm task and node of each stage this run trained (`stage1 40_2 on gpu-07`),
+    /// empty when it trained none in a Slurm job.
+    pub ran_on: String,
+}
+
+/// `stage1 40_0 on n1, stage2 40_1 on n1`: the stages this run trained in Slurm tasks.
+fn ran_on(s: &RunSummary) -> String {
+    s.stages
+        .iter()
+        .filter(|(_, st)| st.run_id == s.id)
+        .filter_map(|(name, st)| {
+            let w = st.worker.as_ref().filter(|w| w.slurm.is_some())?;
+            Some(format!("{name} {}", w.short()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether any run has a Slurm task to show: only then the table has the column.
+fn any_ran_on(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| !e.ran_on.is_empty())
 }
 
 /// The metric columns: final losses, then every evaluation metric any run has.
@@ -76,6 +97,7 @@ pub fn entries(store: &Store) -> Result<Vec<Entry>> {
                 lora_rank: exp.as_ref().map(|e| e.stage2.lora_rank),
                 time_s,
                 tokens_per_s,
+                ran_on: ran_on(&s),
                 summary: s,
             }
         })
@@ -141,6 +163,9 @@ pub fn bench_headline(key: &str) -> bool {
     matches!(parts.as_slice(), [_, "eval", "bench", _, m] if !BENCH_BOOKKEEPING.contains(m))
 }
 
+/// The column of Slurm tasks and nodes, shown when some run trained in a Slurm job.
+pub const RAN_ON: &str = "ran on (Slurm)";
+
 const TEXT_COLUMNS: [&str; 9] = [
     "#",
     "name",
@@ -156,7 +181,11 @@ const TEXT_COLUMNS: [&str; 9] = [
 /// The table as plain cells (for Markdown and CSV): header, then one row per run.
 pub fn cells(entries: &[Entry]) -> (Vec<String>, Vec<Vec<String>>) {
     let evals = eval_columns(entries);
+    let slurm = any_ran_on(entries);
     let mut header: Vec<String> = TEXT_COLUMNS.iter().map(|s| s.to_string()).collect();
+    if slurm {
+        header.push(RAN_ON.into());
+    }
     header.extend(LOSS_COLUMNS.iter().map(|s| s.to_string()));
     header.extend(evals.iter().cloned());
     header.push("tokens/s (mean)".into());
@@ -177,6 +206,9 @@ pub fn cells(entries: &[Entry]) -> (Vec<String>, Vec<Vec<String>>) {
                 e.lora_rank.map(|r| r.to_string()).unwrap_or_default(),
                 e.time_s.map(|t| format!("{t:.0}")).unwrap_or_default(),
             ];
+            if slurm {
+                row.push(e.ran_on.clone());
+            }
             row.extend(LOSS_COLUMNS.iter().map(|k| opt(s.metrics.get(*k).copied())));
             row.extend(evals.iter().map(|k| opt(s.metrics.get(k).copied())));
             row.push(opt(e.tokens_per_s));
@@ -396,6 +428,7 @@ pub fn write(store: &Store, reports_dir: &Path, o: &super::ChartOptions) -> Resu
         .cloned()
         .collect();
     let marks = standings(&rows, &headline, &boot);
+    let slurm = rows.iter().any(|r| any_ran_on(&r.entries));
     let label = |r: &Board| {
         if r.subject.is_group() {
             format!("{} ({} seeds)", r.subject.label, r.subject.runs.len())
@@ -503,6 +536,11 @@ pub fn write(store: &Store, reports_dir: &Path, o: &super::ChartOptions) -> Resu
                 ),
                 None => num_cell(None),
             });
+            if slurm {
+                let mut on: Vec<&str> = r.entries.iter().map(|e| e.ran_on.as_str()).collect();
+                on.dedup();
+                row.push_str(&td(&on.join(", ")));
+            }
             row.push_str(&num_cell(r.mean(|e| e.tokens_per_s)));
             // The other eval metrics (BLEU-1..3, ROUGE-L, per-type accuracies), folded.
             let rest: Vec<String> = subjects::ordered(r.estimates.keys().cloned())
@@ -542,11 +580,14 @@ pub fn write(store: &Store, reports_dir: &Path, o: &super::ChartOptions) -> Resu
         "commit",
         "status",
         "time",
-        "tokens/s (mean)",
-        "more eval metrics",
     ] {
         header.push(h.into());
     }
+    if slurm {
+        header.push(RAN_ON.into());
+    }
+    header.push("tokens/s (mean)".into());
+    header.push("more eval metrics".into());
     let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
     // The headline metrics per row, with their intervals, above the table.
     let charts: Vec<IntervalChart> = headline

@@ -11,6 +11,7 @@ use crate::config::{self, LoadedExperiment, StageKeys};
 use crate::fsutil::{now_rfc3339, write_atomic, write_json};
 use crate::store::metrics::{self, MetricsWriter};
 use crate::store::provenance::{CodeState, Provenance};
+use crate::store::worker::WorkerInfo;
 use crate::store::{self, LiveRun, StageStatus, State, Store};
 use crate::train::stage::{Interrupted, RunContext, StageContext, StageRunner};
 
@@ -210,6 +211,9 @@ pub struct ExecOptions {
     pub flush_every: Duration,
     /// How long to wait for another worker's claim on a stage before giving up.
     pub stage_wait: Duration,
+    /// Skip a run another live process holds (sweep workers sharing a results folder)
+    /// instead of failing on it (`harness run`, which was asked for that run).
+    pub skip_held: bool,
 }
 
 impl Default for ExecOptions {
@@ -218,6 +222,7 @@ impl Default for ExecOptions {
             resume: false,
             flush_every: Duration::from_secs(2),
             stage_wait: Duration::from_secs(24 * 3600),
+            skip_held: false,
         }
     }
 }
@@ -286,13 +291,16 @@ pub fn execute(
     }
     let resumed = previous.is_some();
     let live = LiveRun::start(&dir, claim, runner.name(), previous)?;
+    // Which process, Slurm task and task log ran this attempt: the way from a run to the
+    // output of the worker that ran it.
     store::log_line(
         &dir,
         &format!(
-            "{} run {} ({})",
+            "{} run {} ({}) in {}",
             if resumed { "resume" } else { "start" },
             p.run_id,
-            p.exp.path.display()
+            p.exp.path.display(),
+            WorkerInfo::current()
         ),
     );
     let mut writer = MetricsWriter::new(&dir.join("metrics"), &p.run_id, opts.flush_every)?;
@@ -365,12 +373,15 @@ fn run_stages(
                 Acquired::Reuse(from) => from,
                 Acquired::Train(claim) => {
                     let started = now_rfc3339();
+                    let worker = WorkerInfo::current();
+                    store::log_line(&dir, &format!("stage {n}: training in {worker}"));
                     let status = |state, ended| StageStatus {
                         key: key.clone(),
                         state,
                         run_id: p.run_id.clone(),
                         started: Some(started.clone()),
                         ended,
+                        worker: Some(worker.clone()),
                     };
                     live.set_stage(&name, status(State::Running, None))?;
                     let mut ctx = StageContext {
@@ -444,6 +455,7 @@ fn acquire_stage(
                         run_id: rec.run_id.clone(),
                         started: None,
                         ended: Some(now_rfc3339()),
+                        worker: None,
                     },
                 )?;
                 store::log_line(
@@ -477,7 +489,10 @@ fn acquire_stage(
         std::thread::sleep(Duration::from_millis(500));
     }
 }
-/// Plans and runs loaded experiments in order; one failure does not stop the others.
+/// Plans and runs loaded experiments in order; one failure does not stop the others. Runs
+/// are taken as a worker takes them ([`crate::sweep::worker::work`]): with
+/// `opts.skip_held`, a run another live process holds is skipped, and a run whose stage 1
+/// another process is training waits until the runs free to start now are done.
 pub fn sweep(
     store: &Store,
     exps: &[LoadedExperiment],
@@ -485,23 +500,8 @@ pub fn sweep(
     runner: &dyn StageRunner,
     opts: &ExecOptions,
 ) -> Result<Vec<Outcome>> {
-    let mut out = Vec::new();
-    for p in plan(store, exps, code)? {
-        // Re-plan each run just before it starts, so stages completed earlier in this sweep
-        // (or by another worker) are reused.
-        let fresh = plan(store, std::slice::from_ref(&p.exp), code)?.remove(0);
-        match execute(store, &fresh, code, runner, opts) {
-            Ok(o) => out.push(Ok(o)),
-            Err(e) => {
-                let interrupted = store::interrupted();
-                out.push(Err((p.run_id.clone(), format!("{e:#}"))));
-                if interrupted {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(out)
+    let planned = plan(store, exps, code)?;
+    crate::sweep::worker::work(store, &planned, code, runner, opts)
 }
 
 /// The working folder a run's code state is read from.
