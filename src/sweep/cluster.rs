@@ -76,6 +76,9 @@ pub struct SavedRun {
     pub stage2: String,
     /// The resolved experiment (every default filled in), as TOML.
     pub experiment: String,
+    /// The seed when the run is one replica of its file's experiment (`seeds = [..]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u64>,
 }
 
 /// One submission, as `jobs.json` lists them.
@@ -122,6 +125,7 @@ pub fn save(
                 stage1: p.keys.stage1.clone(),
                 stage2: p.keys.stage2.clone(),
                 experiment: config::to_toml(&p.exp.exp),
+                replica: p.exp.replica,
             })
             .collect(),
     };
@@ -189,6 +193,7 @@ impl SavedPlan {
                 Ok(LoadedExperiment {
                     path: r.file.clone(),
                     exp,
+                    replica: r.replica,
                 })
             })
             .collect()
