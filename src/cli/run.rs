@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::store::{self, Store};
-use crate::sweep::plan::{self, ExecOptions};
+use crate::sweep::plan::{self, ExecOptions, ReuseMode};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -14,9 +14,13 @@ pub struct RunArgs {
     /// Continue an interrupted or failed run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Print the plan (which stages run, which are reused and from where) and stop.
+    /// Print the plan (which stages run and why, which are reused and from where) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Which completed stages to reuse: `code`, those of the same config and code;
+    /// `config`, any of the same config whatever the code (recorded in status.json).
+    #[arg(long, value_enum, default_value_t = ReuseMode::Code)]
+    pub reuse: ReuseMode,
 }
 
 #[derive(Args, Debug)]
@@ -24,9 +28,13 @@ pub struct SweepArgs {
     /// Experiment files; all are validated before anything runs.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Print the plan and stop.
+    /// Print the plan (which stages run and why, which are reused and from where) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Which completed stages to reuse: `code`, those of the same config and code;
+    /// `config`, any of the same config whatever the code (recorded in status.json).
+    #[arg(long, value_enum, default_value_t = ReuseMode::Code)]
+    pub reuse: ReuseMode,
     /// Runs (and backbone builds) side by side, each in its own process: 0 = one per core
     /// on the CPU (each keeps about one core busy), one on a GPU.
     #[arg(long, default_value_t = 0)]
@@ -34,12 +42,12 @@ pub struct SweepArgs {
 }
 
 pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
-    go(results, &[a.file], a.dry_run, a.resume, 1)
+    go(results, &[a.file], a.dry_run, a.resume, 1, a.reuse)
 }
 
 /// Sweeps continue interrupted runs: that is what re-running a sweep is for.
 pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
-    go(results, &a.files, a.dry_run, true, a.jobs)
+    go(results, &a.files, a.dry_run, true, a.jobs, a.reuse)
 }
 
 fn go(
@@ -48,12 +56,13 @@ fn go(
     dry_run: bool,
     resume: bool,
     jobs: usize,
+    reuse: ReuseMode,
 ) -> anyhow::Result<()> {
     let store = Store::new(results);
     let exps = plan::load_all(files)?;
     let code = plan::code_state_here();
     if dry_run {
-        let p = plan::plan(&store, &exps, &code)?;
+        let p = plan::plan(&store, &exps, &code, reuse)?;
         print!("{}", plan::describe(&p));
         print!(
             "{}",
@@ -89,9 +98,10 @@ fn go(
     store::install_signal_handler();
     let opts = ExecOptions {
         resume,
+        reuse,
         ..Default::default()
     };
-    let planned = plan::plan(&store, &exps, &code)?;
+    let planned = plan::plan(&store, &exps, &code, reuse)?;
     let jobs = match jobs {
         0 => crate::sweep::parallel::auto_jobs(&planned),
         n => n,
@@ -102,7 +112,7 @@ fn go(
         crate::sweep::backbones::prepare(&planned, if side_by_side { jobs } else { 1 }, results)?;
     }
     let outcomes = if side_by_side {
-        crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results)?
+        crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results, reuse)?
     } else {
         plan::sweep(&store, files, &code, runner.as_ref(), &opts)?
     };

@@ -67,7 +67,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
     let refs: Vec<&RunData> = runs.iter().collect();
     let body = format!(
         "<h1>Compare: {title}</h1>\
-         <h2>Runs</h2>{runs_table}\
+         <h2>Runs</h2>{runs_table}{across}\
          <h2>Config differences</h2>{diff}\
          <h2>Curves</h2><p class=\"muted\">Faint: raw values (downsampled, extremes kept); \
          solid: smoothed ({smoothing}). Colours are fixed per run as listed above.</p>{charts}\
@@ -76,6 +76,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
          <h2>Provenance</h2>{prov}",
         title = esc(&labels.join(" vs ")),
         runs_table = runs_table(&runs, &labels, &folder, store),
+        across = sections::across_code_notes(&refs),
         diff = config_diff(&runs),
         smoothing = esc(&o.charts.smoothing.label()),
         charts = sections::charts(&charts, &png_dir, &format!("{stem}-charts/"))?,

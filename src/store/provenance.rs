@@ -1,6 +1,8 @@
 //! Where a run's code came from: the git commit, branch, and, for a dirty tree, the diff
 //! (tracked and untracked files) and its hash. Outside a repository the run is marked
-//! `no-git` with a warning instead of failing.
+//! `no-git` with a warning instead of failing. Beside them the binary's code fingerprint
+//! and its per-file hashes ([`crate::config::fingerprint`]), which identify the code that
+//! ran even when the harness ran outside the tree it was built from.
 
 use std::path::Path;
 
@@ -160,6 +162,10 @@ pub struct Provenance {
     pub command: Vec<String>,
     pub started: String,
     pub ended: Option<String>,
+    /// The code fingerprint of the binary and the per-file hashes it covers (`None` in
+    /// runs recorded before fingerprints).
+    #[serde(default)]
+    pub fingerprint: Option<crate::config::fingerprint::CodeFingerprint>,
 }
 
 impl Provenance {
@@ -175,6 +181,7 @@ impl Provenance {
             command: std::env::args().collect(),
             started: crate::fsutil::now_rfc3339(),
             ended: None,
+            fingerprint: Some(crate::config::fingerprint::CodeFingerprint::built()),
         }
     }
 }
