@@ -75,3 +75,81 @@ pub fn check_choice(choice: crate::config::BackendChoice) -> anyhow::Result<()> 
         _ => Ok(()),
     }
 }
+
+/// This process's host memory, from `/proc/self/status` (Linux), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct HostMemory {
+    /// Resident now (`VmRSS`): anonymous plus file-backed pages (mapped checkpoints).
+    pub rss: u64,
+    /// Peak resident (`VmHWM`).
+    pub peak_rss: u64,
+    /// Anonymous resident now (`RssAnon`): what the process allocated, mappings left out.
+    pub anon: u64,
+}
+
+/// [`HostMemory`] now (zeros where the kernel does not say).
+pub fn host_memory() -> HostMemory {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |k| k * 1024)
+    };
+    HostMemory {
+        rss: kb("VmRSS:"),
+        peak_rss: kb("VmHWM:"),
+        anon: kb("RssAnon:"),
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`; NaN where unknown).
+pub fn peak_rss_bytes() -> f64 {
+    match host_memory().peak_rss {
+        0 => f64::NAN,
+        b => b as f64,
+    }
+}
+
+/// Samples the anonymous resident memory every few milliseconds on a thread of its own,
+/// for the peak the kernel does not keep (`VmHWM` counts mapped checkpoint pages too).
+pub struct PeakAnon {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakAnon {
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let peak = std::sync::Arc::new(AtomicU64::new(host_memory().anon));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(host_memory().anon, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        PeakAnon {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest anonymous RSS seen so far (bytes).
+    pub fn peak(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.peak.load(Ordering::Relaxed).max(host_memory().anon)
+    }
+}
+
+impl Drop for PeakAnon {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -138,9 +138,14 @@ pub struct DataConfig {
     pub val_images: u64,
     /// Sequences longer than this (image tokens included) are truncated, and counted.
     pub max_len: u64,
-    /// Conversation template for stage 2.
+    /// Conversation template for stage 2: one of [`TEMPLATES`].
     pub template: String,
 }
+
+/// The conversation templates `data.template` can name (their text is
+/// `data::sequence::ChatTemplate::named`): `phi` (the default), `llava_v1` (LLaVA-1.5's
+/// Vicuna v1 system prompt).
+pub const TEMPLATES: [&str; 2] = ["phi", "llava_v1"];
 
 impl Default for DataConfig {
     fn default() -> Self {
@@ -188,6 +193,13 @@ pub struct StageConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept (the final one is always kept).
     pub keep_checkpoints: u64,
+    /// Batches of similar lengths (HF/LLaVA `group_by_length`: megabatches of 50 batches
+    /// sorted by length, the batches shuffled), so less padding; seeded like the plain order.
+    pub group_by_length: bool,
+    /// Keep only each LM layer's input in the forward pass and recompute the layer in the
+    /// backward (activation checkpointing per layer): about a third more compute for the
+    /// activations of one layer instead of all. Gradients are the same.
+    pub activation_checkpointing: bool,
 }
 
 impl StageConfig {
@@ -210,6 +222,8 @@ impl StageConfig {
             eval_every: 0,
             checkpoint_every: 500,
             keep_checkpoints: 2,
+            group_by_length: true,
+            activation_checkpointing: false,
         }
     }
 }
@@ -495,10 +509,14 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
             format!("must be >= 2, got {}", exp.data.max_len),
         );
     }
-    if exp.data.template != "phi" && exp.data.template != "vicuna" {
+    if !TEMPLATES.contains(&exp.data.template.as_str()) {
         bad(
             "data.template",
-            format!("unknown template {:?} (phi, vicuna)", exp.data.template),
+            format!(
+                "unknown template {:?} ({})",
+                exp.data.template,
+                TEMPLATES.join(", ")
+            ),
         );
     }
     for (prefix, s) in [("stage1", &exp.stage1), ("stage2", &exp.stage2.opt)] {

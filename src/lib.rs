@@ -17,6 +17,7 @@
 //! - `config`: experiment files, validation, defaults, stage keys.
 //! - `backbones`: what a `builtin:` backbone is, its key and where it lives.
 //! - `fsutil`: crash-safe files and the cache folder.
+//! - `rng`: the fixed seeded generator behind shuffles, splits and synthetic weights.
 
 pub mod backbones;
 pub mod backend;
@@ -28,6 +29,7 @@ pub mod fsutil;
 pub mod model;
 pub mod pretrain;
 pub mod report;
+pub mod rng;
 pub mod store;
 pub mod sweep;
 pub mod train;

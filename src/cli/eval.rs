@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use crate::eval::bench::{self, GtPaths, Task};
 use crate::eval::coco_files::evaluate_files;
 
 #[derive(Subcommand, Debug)]
@@ -11,6 +12,38 @@ pub enum EvalCommand {
     /// Score captions in the COCO results format against COCO caption annotations
     /// (BLEU-1..4, ROUGE-L, CIDEr-D as pycocoevalcap computes them).
     Captions(CaptionsArgs),
+    /// Score a benchmark's answers (LLaVA's answers JSONL) as the official / LLaVA scripts
+    /// do: pope, textvqa, vqav2, gqa, scienceqa, mme.
+    Score(ScoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// pope, textvqa, vqav2, gqa, scienceqa (or sqa), mme.
+    #[arg(long, value_parser = parse_task)]
+    pub task: Task,
+    /// Answers: JSON Lines `{"question_id", "prompt", "text", ...}`.
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// Ground truth: POPE's label folder (coco_pope_*.json), TextVQA_0.5.1_val.json, the
+    /// VQA v2 annotations JSON, GQA's testdev_balanced_questions.json, ScienceQA's folder
+    /// (problems.json, pid_splits.json), MME_Benchmark_release_version/.
+    #[arg(long)]
+    pub gt: PathBuf,
+    /// POPE: LLaVA's question file (llava_pope_test.jsonl), required. VQA v2: the
+    /// questions JSON, optional, checked against the annotations.
+    #[arg(long)]
+    pub questions: Option<PathBuf>,
+    /// ScienceQA: the split of pid_splits.json (default test).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Print one JSON object {"task", "n", "metrics", "missing", "extra"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 #[derive(Args, Debug)]
@@ -29,7 +62,47 @@ pub struct CaptionsArgs {
 pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Captions(a) => captions(a),
+        EvalCommand::Score(a) => score(a),
     }
+}
+
+fn score(a: ScoreArgs) -> anyhow::Result<()> {
+    let paths = GtPaths {
+        gt: a.gt,
+        questions: a.questions,
+        split: a.split,
+    };
+    let s = bench::score_files(a.task, &a.pred, &paths)?;
+    // Coverage and notes go to stderr, so --json output stays one object.
+    let c = &s.coverage;
+    if c.missing.count > 0 {
+        eprintln!(
+            "warning: ground-truth items without a prediction (not scored): {}",
+            c.missing.describe()
+        );
+    }
+    if c.extra.count > 0 {
+        eprintln!(
+            "warning: predictions matching no ground-truth item: {}",
+            c.extra.describe()
+        );
+    }
+    for n in &s.notes {
+        eprintln!("note: {n}");
+    }
+    if a.json {
+        println!("{}", s.to_json_string());
+    } else {
+        println!(
+            "{}: {} of {} ground-truth items scored ({} missing, {} extra predictions)",
+            s.task, s.n, c.gt_items, c.missing.count, c.extra.count
+        );
+        let width = s.metrics.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in s.metrics.iter() {
+            println!("{k:<width$}  {v:.6}");
+        }
+    }
+    Ok(())
 }
 
 fn captions(a: CaptionsArgs) -> anyhow::Result<()> {

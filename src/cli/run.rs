@@ -69,6 +69,13 @@ fn go(
             crate::sweep::backbones::describe(exps.iter().map(|e| &e.exp))
         );
         for e in &exps {
+            print!(
+                "{}:\n{}",
+                e.exp.name,
+                crate::sweep::estimate::describe(&e.exp)
+            );
+        }
+        for e in &exps {
             let missing = crate::config::check_paths(&e.exp, &[1, 2]);
             if !missing.is_empty() {
                 println!(

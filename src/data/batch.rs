@@ -8,9 +8,9 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use super::cache::{FeatureCache, Lookup};
-use super::rng::{epoch_order, Rng};
 use super::sequence::{Sequence, IGNORE};
 use super::skips::{SkipReason, SkipReport};
+use crate::rng::{epoch_order, Rng};
 
 /// One sample on its way into a batch: its sequence and (when it has an image) the image's
 /// features, `image_tokens x dim` row-major.

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::rng::epoch_order;
 use super::samples::{builder, caption_paths, stage1_samples, stage2_samples, DataSpec};
 use super::sequence::{Sequence, TextCodec, Truncation, IGNORE};
 use super::skips::SkipReport;
+use crate::rng::epoch_order;
 
 /// Token-length buckets: `[lo, hi)`.
 pub const LENGTH_BUCKETS: [usize; 10] = [0, 32, 64, 128, 256, 384, 512, 768, 1024, 2048];

@@ -16,7 +16,6 @@ pub mod images;
 pub mod inspect;
 pub mod instruct;
 pub mod lenient;
-pub mod rng;
 pub mod samples;
 pub mod sequence;
 pub mod skips;

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use super::coco::{self, CaptionSample};
 use super::images::{load_rgb, par_map, ImageRoot};
 use super::instruct::{self, Conversation};
-use super::rng::epoch_order;
 use super::sequence::{ChatTemplate, SequenceBuilder, TextCodec};
 use super::skips::{SkipReason, SkipReport};
 use crate::config::Experiment;
+use crate::rng::epoch_order;
 
 /// Everything the data side of an experiment needs, with paths and sizes explicit (the CLI
 /// fills it from the experiment config).

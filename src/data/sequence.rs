@@ -97,9 +97,9 @@ impl Default for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The templates an experiment can name (`data.template`): `phi` (the default above) and
-    /// `llava_v1` (LLaVA-1.5's Vicuna v1 system prompt and roles, ending answers with
-    /// `<|endoftext|>` since that is Phi-2's eos).
+    /// The templates an experiment can name (`data.template`, [`crate::config::TEMPLATES`]):
+    /// `phi` (the default above) and `llava_v1` (LLaVA-1.5's Vicuna v1 system prompt and
+    /// roles, ending answers with `<|endoftext|>` since that is Phi-2's eos).
     pub fn named(name: &str) -> anyhow::Result<Self> {
         match name {
             "phi" => Ok(Self::default()),
@@ -111,7 +111,8 @@ impl ChatTemplate {
                 ..Self::default()
             }),
             other => Err(anyhow!(
-                "unknown conversation template {other:?} (known: phi, llava_v1)"
+                "unknown conversation template {other:?} (known: {})",
+                crate::config::TEMPLATES.join(", ")
             )),
         }
     }

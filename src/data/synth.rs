@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::images::par_map;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

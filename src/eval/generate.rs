@@ -5,7 +5,7 @@
 //! - greedy: argmax (first index on ties);
 //! - sampling: logits / temperature, then top-p (keep the most probable tokens until their
 //!   mass reaches `top_p`, at least one), then a draw from a seeded SplitMix64 stream per
-//!   row ([`crate::data::rng::Rng::derive`]`(seed, stream)`: the row's index, or the
+//!   row ([`crate::rng::Rng::derive`]`(seed, stream)`: the row's index, or the
 //!   image's index in [`super::infer`]), so a seed gives the same text on every run; `temperature <= 0` is greedy. No top-k filter is applied (HF's
 //!   `generate` adds top_k = 50 by default; pass that difference on when comparing);
 //! - beam search (one prompt at a time): `width` beams, the `2 * width` best continuations
@@ -21,8 +21,8 @@
 
 use burn::prelude::*;
 
-use crate::data::rng::Rng;
 use crate::model::phi::{KvCache, Phi};
+use crate::rng::Rng;
 
 /// How the next token is chosen.
 #[derive(Clone, Debug, PartialEq)]

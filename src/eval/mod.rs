@@ -1,6 +1,8 @@
 //! Evaluation: COCO caption metrics equal to pycocoevalcap, generation with the KV cache,
 //! and QA exact match.
 //!
+//! - [`bench`]: benchmark scoring (POPE, TextVQA, VQAv2, GQA, ScienceQA, MME) by the
+//!   official / LLaVA rules, on LLaVA-format answers (`harness eval score`).
 //! - [`captions`]: BLEU-1..4, ROUGE-L, CIDEr-D ([`score`] on tokenized text, [`score_raw`]
 //!   after [`ptb::tokenize`]); METEOR and SPICE are not implemented.
 //! - [`coco_files`]: the COCO results / annotation files behind `harness eval captions`.
@@ -10,6 +12,7 @@
 //! - [`session`]: a finished run loaded for inference (`harness caption`, `chat`, `export`).
 //! - [`export`]: a run's adapters (PEFT layout), projector and model card (`harness export`).
 
+pub mod bench;
 pub mod captions;
 pub mod coco_files;
 pub mod export;

@@ -163,6 +163,36 @@ impl Checkpoint {
 
     /// Reads one tensor as f32 values (row-major) after checking its shape.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LoadError> {
+        let mut out = Vec::with_capacity(expected.iter().product());
+        self.decode(name, expected, |_, v| out.push(v))?;
+        Ok(out)
+    }
+
+    /// Reads a `[rows, cols]` tensor transposed (`[cols, rows]`, row-major), decoding straight
+    /// into place: a PyTorch `[out, in]` Linear weight as burn's `[in, out]` without a second
+    /// full-size buffer.
+    pub fn read_f32_transposed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>, LoadError> {
+        let mut out = vec![0f32; rows * cols];
+        self.decode(name, &[rows, cols], |i, v| {
+            out[(i % cols) * rows + i / cols] = v;
+        })?;
+        Ok(out)
+    }
+
+    /// Decodes tensor `name` element by element (`put(flat index, value)`) after checking
+    /// its shape, then lets the kernel drop its mapped pages from this process: a checkpoint
+    /// streams through memory once instead of staying resident beside the converted weights.
+    fn decode(
+        &self,
+        name: &str,
+        expected: &[usize],
+        mut put: impl FnMut(usize, f32),
+    ) -> Result<(), LoadError> {
         let shard = &self.shards[*self.index.get(name).ok_or_else(|| LoadError::MissingKey {
             name: name.into(),
             dir: self.dir.clone(),
@@ -177,20 +207,17 @@ impl Checkpoint {
             });
         }
         let (a, b) = info.data_offsets;
-        let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
-        let values = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+        let (start, len) = (shard.data_start + a, b - a);
+        let bytes = &shard.mmap[start..start + len];
+        let mut each = |width: usize, f: fn(&[u8]) -> f32| {
+            for (i, c) in bytes.chunks_exact(width).enumerate() {
+                put(i, f(c));
+            }
+        };
+        match info.dtype {
+            Dtype::F32 => each(4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            Dtype::F16 => each(2, |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            Dtype::BF16 => each(2, |c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
             other => {
                 return Err(LoadError::Dtype {
                     name: name.into(),
@@ -198,8 +225,15 @@ impl Checkpoint {
                     file: shard.path.clone(),
                 })
             }
+        }
+        // SAFETY: the mapping is private and read-only and no slice of it outlives this
+        // call; dropped pages are read again from the file if ever touched.
+        let _ = unsafe {
+            shard
+                .mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
         };
-        Ok(values)
+        Ok(())
     }
 
     fn options<B: Backend>(&self, device: &B::Device) -> TensorCreationOptions<B> {
@@ -234,14 +268,7 @@ impl Checkpoint {
         bias: bool,
         device: &B::Device,
     ) -> Result<Linear<B>, LoadError> {
-        let w = self.read_f32(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let mut t = vec![0f32; w.len()];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                t[i * d_out + o] = w[o * d_in + i];
-            }
-        }
-        drop(w);
+        let t = self.read_f32_transposed(&format!("{prefix}.weight"), d_out, d_in)?;
         let weight =
             Tensor::from_data(TensorData::new(t, [d_in, d_out]), self.options::<B>(device));
         let bias = if bias {

@@ -13,8 +13,9 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use serde_json::Value;
 
+use super::attention::attention;
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
-use super::{attention, Activation, FlatForward};
+use super::{Activation, FlatForward};
 
 /// The vision config, from `config.json` (vision-only checkpoints) or its `vision_config`
 /// (full `CLIPModel` checkpoints).

@@ -32,6 +32,7 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorCreationOptions, TensorPrimitive};
 
+use super::attention::{attention_biased, lean_attention};
 use super::checkpoint::Checkpoint;
 use super::nf4::{Nf4Config, Nf4Tensor};
 use super::{linear_flat, on_rows};
@@ -135,20 +136,6 @@ impl<B: Backend> FrozenLinear<B> {
         quant: Option<&Nf4Config>,
         device: &B::Device,
     ) -> Self {
-        Self::from_torch_as(weight, bias, d_in, d_out, quant, None, device)
-    }
-
-    /// [`Self::from_torch`] with the dense tensors cast to `dtype` before they become
-    /// parameters (a cast after would make them non-leaf nodes under autodiff).
-    fn from_torch_as(
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        d_in: usize,
-        d_out: usize,
-        quant: Option<&Nf4Config>,
-        dtype: Option<DType>,
-        device: &B::Device,
-    ) -> Self {
         assert_eq!(
             weight.len(),
             d_in * d_out,
@@ -156,8 +143,10 @@ impl<B: Backend> FrozenLinear<B> {
         );
         let bias = bias.map(|b| {
             assert_eq!(b.len(), d_out, "bias is not [{d_out}]");
-            let b = Tensor::<B, 1>::from_data(TensorData::new(b.to_vec(), [d_out]), device);
-            Param::from_tensor(cast_to(b, dtype))
+            Param::from_tensor(Tensor::<B, 1>::from_data(
+                TensorData::new(b.to_vec(), [d_out]),
+                device,
+            ))
         });
         let (weight, nf4) = match quant {
             Some(cfg) => (
@@ -173,7 +162,7 @@ impl<B: Backend> FrozenLinear<B> {
                     }
                 }
                 let w = Tensor::<B, 2>::from_data(TensorData::new(t, [d_in, d_out]), device);
-                (Some(Param::from_tensor(cast_to(w, dtype))), None)
+                (Some(Param::from_tensor(w)), None)
             }
         };
         Self {
@@ -225,23 +214,38 @@ impl<B: Backend> FrozenLinear<B> {
         quant: Option<&Nf4Config>,
         device: &B::Device,
     ) -> anyhow::Result<Self> {
-        let w = ckpt.read_f32(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let b = if bias {
-            Some(ckpt.read_f32(&format!("{prefix}.bias"), &[d_out])?)
+        let name = format!("{prefix}.weight");
+        // The checkpoint's compute dtype (e.g. bf16 on a GPU) applies to what stays dense;
+        // NF4 dequantizes into the input's dtype.
+        let (weight, nf4) = match quant {
+            // PyTorch's [out, in] order, so blocks match bitsandbytes.
+            Some(cfg) => {
+                let w = ckpt.read_f32(&name, &[d_out, d_in])?;
+                (
+                    None,
+                    Some(Arc::new(Nf4Tensor::quantize(&w, &[d_out, d_in], cfg))),
+                )
+            }
+            None => {
+                let t = ckpt.read_f32_transposed(&name, d_out, d_in)?;
+                let w = Tensor::<B, 2>::from_data(TensorData::new(t, [d_in, d_out]), device);
+                (Some(Param::from_tensor(cast_to(w, ckpt.dtype))), None)
+            }
+        };
+        let bias = if bias {
+            let b = ckpt.read_f32(&format!("{prefix}.bias"), &[d_out])?;
+            let b = Tensor::<B, 1>::from_data(TensorData::new(b, [d_out]), device);
+            Some(Param::from_tensor(cast_to(b, ckpt.dtype)))
         } else {
             None
         };
-        // The checkpoint's compute dtype (e.g. bf16 on a GPU) applies to what stays dense;
-        // NF4 dequantizes into the input's dtype.
-        Ok(Self::from_torch_as(
-            &w,
-            b.as_deref(),
+        Ok(Self {
+            weight,
+            nf4,
+            bias,
             d_in,
             d_out,
-            quant,
-            ckpt.dtype,
-            device,
-        ))
+        })
     }
 
     pub fn d_in(&self) -> usize {
@@ -255,6 +259,27 @@ impl<B: Backend> FrozenLinear<B> {
     /// The packed weight, if NF4.
     pub fn nf4(&self) -> Option<&Nf4Tensor> {
         self.nf4.as_deref()
+    }
+
+    /// An NF4 weight dequantized once on the host into a dense f32 one (the reference the
+    /// packed path is checked against); a dense weight is returned as it is.
+    pub fn dequantized(self, device: &B::Device) -> Self {
+        let Some(q) = &self.nf4 else { return self };
+        let bias = self.bias.as_ref().map(|b| {
+            b.val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 bias")
+        });
+        Self::from_torch(
+            &q.dequantize(),
+            bias.as_deref(),
+            self.d_in,
+            self.d_out,
+            None,
+            device,
+        )
     }
 
     /// The weight as a `[in, out]` tensor on `device` in `dtype` (dequantized if NF4).
@@ -271,13 +296,25 @@ impl<B: Backend> FrozenLinear<B> {
         self.bias.as_ref().map(|b| b.val())
     }
 
-    /// Bytes held by the base weight and bias on the host or device (f32 counted as 4).
+    /// Bytes held by the base weight and bias on the host or device, each in its dtype.
     pub fn memory_bytes(&self) -> usize {
-        let w = match &self.nf4 {
-            Some(q) => q.memory_bytes(),
-            None => 4 * self.d_in * self.d_out,
-        };
-        w + self.bias.as_ref().map_or(0, |_| 4 * self.d_out)
+        self.weight_bytes() + self.bias_bytes()
+    }
+
+    /// Bytes of the weight alone: packed when NF4, else dense in its dtype.
+    pub fn weight_bytes(&self) -> usize {
+        match (&self.nf4, &self.weight) {
+            (Some(q), _) => q.memory_bytes(),
+            (None, Some(w)) => w.val().dtype().size() * self.d_in * self.d_out,
+            (None, None) => 0,
+        }
+    }
+
+    /// Bytes of the bias (dense in its dtype, as bitsandbytes keeps it).
+    pub fn bias_bytes(&self) -> usize {
+        self.bias
+            .as_ref()
+            .map_or(0, |b| b.val().dtype().size() * self.d_out)
     }
 }
 
@@ -304,12 +341,25 @@ impl<B: QLoraBackend> FrozenLinear<B> {
 /// dequantized base weights of all layers at once (burn's own matmul would save the f32 /
 /// bf16 weight for `dL/dx`). Implemented for the build's compute backend and its autodiff
 /// wrapper; another backend opts in with an empty `impl`.
+///
+/// It carries the LM's other op with a training form of its own: attention, which under
+/// autodiff keeps no `[tokens, tokens]` matrix for the backward ([`lean_attention`]).
 pub trait QLoraBackend: Backend {
     /// `x` `[n, in]` times the transpose of the packed `[out, in]` weight: `[n, out]`.
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
         let wt = dequantized::<Self>(&w, &x.device(), x.dtype()).transpose();
         x.matmul(wt).into_primitive().tensor()
+    }
+
+    /// Attention on `[batch, heads, tokens, head_dim]` with an additive mask bias.
+    fn attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+    ) -> Tensor<Self, 4> {
+        attention_biased(q, k, v, bias)
     }
 }
 
@@ -388,6 +438,15 @@ pub(crate) fn dequantized_on_device<B: Backend>(
 impl QLoraBackend for crate::backend::Compute {}
 
 impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
+    fn attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+    ) -> Tensor<Self, 4> {
+        lean_attention(q, k, v, bias)
+    }
+
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Nf4Matmul;
@@ -533,6 +592,19 @@ impl<B: Backend> LoraLinear<B> {
     ) -> anyhow::Result<Self> {
         let base = FrozenLinear::load(ckpt, prefix, d_in, d_out, true, cfg.quant.as_ref(), device)?;
         Ok(Self::new(base, prefix, cfg, device))
+    }
+
+    /// Replaces an NF4 base by its host-dequantized f32 weight ([`FrozenLinear::dequantized`]).
+    pub fn dequantize_base(&mut self, device: &B::Device) {
+        let empty = FrozenLinear {
+            weight: None,
+            nf4: None,
+            bias: None,
+            d_in: 0,
+            d_out: 0,
+        };
+        let base = std::mem::replace(&mut self.base, empty);
+        self.base = base.dequantized(device);
     }
 
     /// Converts an already-loaded burn `Linear` (e.g. a field of Phi) at `path`.

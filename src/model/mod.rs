@@ -16,6 +16,7 @@
 //! - [`tokenizer`], `tokenizer.json` with the LM's special ids
 //! - [`probe`], the library side of `harness probe`
 //! - [`nf4`], NF4 quantization (bitsandbytes numerics); [`lora`], LoRA / QLoRA linears
+//! - [`synth_backbone`], real-size random checkpoints in the hub's exact layout
 //!
 //! How they fit (the names a training loop calls):
 //!
@@ -37,6 +38,7 @@
 //! given to [`checkpoint::Checkpoint::with_dtype`] (bf16 on GPU); f16/bf16/f32 files all load.
 
 pub mod assembly;
+pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod jpeg;
@@ -47,6 +49,7 @@ pub mod phi;
 pub mod preprocess;
 pub mod probe;
 pub mod projector;
+pub mod synth_backbone;
 pub mod tokenizer;
 pub mod vlm;
 
@@ -149,65 +152,11 @@ pub(crate) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
     x * activation::sigmoid(inner)
 }
 
-/// Multi-head scaled dot-product attention on `[batch, heads, tokens, head_dim]` tensors.
-/// `mask` is true where attention is *not* allowed, broadcast to `[batch, heads, q, k]`.
-/// Softmax rows that are fully masked become uniform instead of NaN (the fill is finite).
-pub(crate) fn attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<Tensor<B, 4, burn::tensor::Bool>>,
-) -> Tensor<B, 4> {
-    let [b, h, t, _] = q.dims();
-    let s = k.dims()[2];
-    let bias = mask.map(|m| mask_bias(m, [b, h, t, s], q.dtype()));
-    attention_biased(q, k, v, bias)
-}
-
-/// The additive form of an attention mask (true = forbidden), materialised at the scores'
-/// full shape `[batch, heads, q, k]`: `-1e30` where forbidden, 0 elsewhere. Adding it gives
-/// the same softmax as filling the scores (a real score vanishes beside -1e30 in f32 and in
-/// bf16, and a fully masked row stays uniform), and at the full shape the add is a plain
-/// contiguous one: on the CPU backend a broadcast over heads, or a masked fill, walks the
-/// scores element by element, forward and again backward. Phi builds it once per forward
-/// for all its layers; [`attention`] builds it per call.
-pub(crate) fn mask_bias<B: Backend>(
-    mask: Tensor<B, 4, burn::tensor::Bool>,
-    shape: [usize; 4],
-    dtype: burn::tensor::DType,
-) -> Tensor<B, 4> {
-    Tensor::<B, 4>::zeros(shape, &mask.device())
-        .cast(dtype)
-        .mask_fill(mask.expand(shape), -1.0e30)
-}
-
-/// [`attention`] with the mask already in [`mask_bias`] form.
-pub(crate) fn attention_biased<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    bias: Option<Tensor<B, 4>>,
-) -> Tensor<B, 4> {
-    let head_dim = q.dims()[3];
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5);
-    if let Some(bias) = bias {
-        scores = scores + bias;
-    }
-    // Softmax in f32 as HF does (`softmax(..., dtype=float32)`), whatever the compute dtype.
-    let dtype = scores.dtype();
-    let probs = if dtype == burn::tensor::DType::F32 {
-        activation::softmax(scores, 3)
-    } else {
-        activation::softmax(scores.cast(burn::tensor::DType::F32), 3).cast(dtype)
-    };
-    probs.matmul(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::Compute;
-    use burn::tensor::{Bool, Distribution, TensorData};
+    use burn::tensor::Distribution;
 
     #[test]
     fn gelu_tanh_is_the_tanh_formula() {
@@ -216,32 +165,6 @@ mod tests {
         let want = activation::gelu_approximate(x.clone());
         let diff: f32 = (gelu_tanh(x) - want).abs().max().into_scalar();
         assert!(diff < 2e-6, "{diff}");
-    }
-
-    #[test]
-    fn mask_bias_gives_the_masked_softmax_and_uniform_fully_masked_rows() {
-        let dev = Default::default();
-        let r = |s: [usize; 4]| Tensor::<Compute, 4>::random(s, Distribution::Default, &dev);
-        let (q, k, v) = (r([2, 3, 4, 5]), r([2, 3, 4, 5]), r([2, 3, 4, 5]));
-        // Row 1 of batch 0 may attend to nothing; otherwise key j > query i is forbidden.
-        let m: Vec<bool> = (0..2 * 4 * 4)
-            .map(|n| {
-                let (b, i, j) = (n / 16, (n / 4) % 4, n % 4);
-                j > i || (b == 0 && i == 1)
-            })
-            .collect();
-        let mask = Tensor::<Compute, 4, Bool>::from_data(TensorData::new(m, [2, 1, 4, 4]), &dev);
-        let got = attention(q.clone(), k.clone(), v.clone(), Some(mask.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (5f64).sqrt();
-        let probs = activation::softmax(scores.mask_fill(mask.expand([2, 3, 4, 4]), -1e30), 3);
-        let want = probs.matmul(v.clone());
-        let diff: f32 = (got.clone() - want).abs().max().into_scalar();
-        assert!(diff < 1e-6, "{diff}");
-        // The fully masked row averages every value.
-        let row = got.slice([0..1, 0..3, 1..2, 0..5]);
-        let mean = v.slice([0..1, 0..3, 0..4, 0..5]).mean_dim(2);
-        let diff: f32 = (row - mean).abs().max().into_scalar();
-        assert!(diff < 1e-6, "{diff}");
     }
 
     #[test]

@@ -10,14 +10,18 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use burn::module::{Initializer, Param};
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
 use burn::prelude::*;
 use burn::tensor::Bool;
 use serde_json::Value;
 
+use super::attention::mask_bias;
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
 use super::lora::{LoraAdapter, LoraConfig, LoraLinear, QLoraBackend};
-use super::{attention_biased, mask_bias, Activation, FlatForward};
+use super::{Activation, FlatForward};
 
 /// The LM config, from `config.json`. `rope_theta` and `partial_rotary_factor` are read from
 /// the top level (the microsoft/phi-2 file) or from `rope_parameters` (current transformers).
@@ -44,6 +48,14 @@ pub struct PhiConfig {
     pub bos_token_id: Option<usize>,
     pub eos_token_id: Option<usize>,
     pub pad_token_id: Option<usize>,
+    /// Dropout on the attention and MLP outputs before the residual sum (HF `resid_dropout`,
+    /// 0.1 in microsoft/phi-2), while training only (HF trains with the model in train mode,
+    /// frozen base included).
+    #[config(default = 0.0)]
+    pub resid_pdrop: f64,
+    /// Dropout on the input embeddings (image features spliced in), while training only.
+    #[config(default = 0.0)]
+    pub embd_pdrop: f64,
 }
 
 impl PhiConfig {
@@ -80,6 +92,20 @@ impl PhiConfig {
         if v.get("qk_layernorm").and_then(Value::as_bool) == Some(true) {
             bail!("qk_layernorm = true is not supported");
         }
+        // The legacy key: a scaled rotary (linear, dynamic, ...) would change every position's
+        // angles, and silently ignoring it would compute another model.
+        if let Some(rs) = v.get("rope_scaling").filter(|r| !r.is_null()) {
+            bail!("rope_scaling = {rs} is not supported (only null: unscaled rotary)");
+        }
+        let pdrop = |k: &str| -> anyhow::Result<f64> {
+            let p = v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+            anyhow::ensure!((0.0..1.0).contains(&p), "`{k}` = {p} is not in [0, 1)");
+            Ok(p)
+        };
+        let attention_dropout = pdrop("attention_dropout")?;
+        if attention_dropout > 0.0 {
+            bail!("attention_dropout = {attention_dropout} is not supported (only 0, as microsoft/phi-2 has it)");
+        }
         let heads = get("num_attention_heads")?;
         let act = v
             .get("hidden_act")
@@ -107,6 +133,8 @@ impl PhiConfig {
             bos_token_id: id("bos_token_id"),
             eos_token_id: id("eos_token_id"),
             pad_token_id: id("pad_token_id"),
+            resid_pdrop: pdrop("resid_pdrop")?,
+            embd_pdrop: pdrop("embd_pdrop")?,
         })
     }
 
@@ -119,7 +147,7 @@ impl PhiConfig {
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "dtype": "float32",
-            "embd_pdrop": 0.0,
+            "embd_pdrop": self.embd_pdrop,
             "eos_token_id": self.eos_token_id,
             "hidden_act": self.hidden_act.hf_name(),
             "hidden_size": self.hidden_size,
@@ -134,7 +162,7 @@ impl PhiConfig {
             "pad_token_id": self.pad_token_id,
             "partial_rotary_factor": self.partial_rotary_factor,
             "qk_layernorm": false,
-            "resid_pdrop": 0.0,
+            "resid_pdrop": self.resid_pdrop,
             "rope_parameters": {
                 "partial_rotary_factor": self.partial_rotary_factor,
                 "rope_theta": self.rope_theta,
@@ -219,14 +247,36 @@ impl PhiConfig {
                         num_heads: self.num_attention_heads,
                         num_kv_heads: self.num_key_value_heads,
                         act: self.hidden_act,
+                        resid_dropout: DropoutConfig::new(self.resid_pdrop).init(),
                     }
                 })
                 .collect(),
             final_layernorm: ln(),
             lm_head: linear(d, self.vocab_size),
+            embed_dropout: DropoutConfig::new(self.embd_pdrop).init(),
             rotary_dim: self.rotary_dim(),
             rope_theta: self.rope_theta,
         }
+    }
+}
+
+/// Bytes a loaded [`Phi`] holds, by part (what bitsandbytes' `get_memory_footprint` and
+/// `torch.cuda.memory_allocated` compare with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ModelMemory {
+    /// NF4 codes and block scales of the layers' linear weights.
+    pub packed_base: usize,
+    /// Linear weights kept dense (`quant = "none"`).
+    pub dense_base: usize,
+    /// Everything else of the base: embeddings, `lm_head`, layer norms, biases.
+    pub dense_other: usize,
+    /// LoRA adapters.
+    pub adapters: usize,
+}
+
+impl ModelMemory {
+    pub fn total(&self) -> usize {
+        self.packed_base + self.dense_base + self.dense_other + self.adapters
     }
 }
 
@@ -281,6 +331,8 @@ pub struct PhiLayer<B: Backend> {
     pub num_kv_heads: usize,
     #[module(skip)]
     pub act: Activation,
+    /// `resid_pdrop` on both branches (identity outside training).
+    pub resid_dropout: Dropout,
 }
 
 /// cos and sin over whole heads (HF `PhiRotaryEmbedding` for the rotary dims; 1 and 0 for
@@ -405,17 +457,20 @@ impl<B: Backend> PhiLayer<B> {
 }
 
 impl<B: QLoraBackend> PhiLayer<B> {
-    fn forward(
+    /// The block `x + attn(ln(x)) + mlp(ln(x))`, appending to `cache` when given.
+    pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        bias: Option<Tensor<B, 4>>,
+        ctx: &LayerContext<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
+        let (rope, bias) = (&ctx.rope, ctx.bias.clone());
         let h = self.input_layernorm.forward(x.clone());
-        let a = self.attn(h.clone(), rope, bias, cache);
+        let a = self
+            .resid_dropout
+            .forward(self.attn(h.clone(), rope, bias, cache));
         let m = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
-        a + m + x
+        a + self.resid_dropout.forward(m) + x
     }
 
     fn attn(
@@ -444,7 +499,7 @@ impl<B: QLoraBackend> PhiLayer<B> {
             *slot = Some((k.clone(), v.clone()));
         }
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let o = attention_biased(q, k, v, bias)
+        let o = <B as QLoraBackend>::attention(q, k, v, bias)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
         self.dense.forward(o)
@@ -469,6 +524,8 @@ pub struct Phi<B: Backend> {
     pub layers: Vec<PhiLayer<B>>,
     pub final_layernorm: LayerNorm<B>,
     pub lm_head: Linear<B>,
+    /// `embd_pdrop` on the input embeddings (identity outside training).
+    pub embed_dropout: Dropout,
     pub rotary_dim: usize,
     pub rope_theta: f64,
 }
@@ -519,6 +576,7 @@ impl<B: Backend> Phi<B> {
                 num_heads: cfg.num_attention_heads,
                 num_kv_heads: cfg.num_key_value_heads,
                 act: cfg.hidden_act,
+                resid_dropout: DropoutConfig::new(cfg.resid_pdrop).init(),
             });
         }
         let lm_head = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
@@ -537,6 +595,7 @@ impl<B: Backend> Phi<B> {
             layers,
             final_layernorm: ckpt.layer_norm("model.final_layernorm", d, eps, device)?,
             lm_head,
+            embed_dropout: DropoutConfig::new(cfg.embd_pdrop).init(),
             rotary_dim: cfg.rotary_dim(),
             rope_theta: cfg.rope_theta,
         })
@@ -617,9 +676,26 @@ impl<B: QLoraBackend> Phi<B> {
         mask: Option<Tensor<B, 2, Bool>>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let ctx = self.context(&embeds, past, mask);
+        let mut x = self.embed_input(embeds);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &ctx, slot);
+        }
+        self.head(x)
+    }
+
+    /// What every layer of one forward pass shares: the rotary tables for positions
+    /// `past .. past + tokens` and the attention mask as an additive bias, built once.
+    pub fn context(
+        &self,
+        embeds: &Tensor<B, 3>,
+        past: usize,
+        mask: Option<Tensor<B, 2, Bool>>,
+    ) -> LayerContext<B> {
         let [b, t, d] = embeds.dims();
         let device = embeds.device();
-        let past = cache.as_ref().map_or(0, |c| c.len());
         // Every layer has the config's head counts.
         let (heads, kv_heads) = self
             .layers
@@ -635,13 +711,24 @@ impl<B: QLoraBackend> Phi<B> {
         );
         let bias = attention_mask(b, t, past, mask, &device)
             .map(|m| mask_bias(m, [b, heads, t, past + t], embeds.dtype()));
-        let mut x = embeds;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, bias.clone(), slot);
-        }
+        LayerContext { rope, bias }
+    }
+
+    /// The input embeddings as the first layer takes them (`embd_pdrop` while training).
+    pub fn embed_input(&self, embeds: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.embed_dropout.forward(embeds)
+    }
+
+    /// Logits from the last layer's output: `final_layernorm`, then `lm_head`.
+    pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.lm_head.forward_flat(self.final_layernorm.forward(x))
     }
+}
+
+/// The per-forward constants of every layer ([`Phi::context`]).
+pub struct LayerContext<B: Backend> {
+    rope: Rope<B>,
+    bias: Option<Tensor<B, 4>>,
 }
 
 impl<B: QLoraBackend> Phi<B> {
@@ -804,6 +891,40 @@ impl<B: Backend> Phi<B> {
     }
 
     /// Bytes held by the frozen layer weights (NF4-packed or dense), for memory reports.
+    /// What the loaded model holds, by part (bytes, each tensor in its dtype).
+    pub fn memory(&self) -> ModelMemory {
+        fn bytes<B: Backend, const D: usize>(t: &Tensor<B, D>) -> usize {
+            t.dtype().size() * t.shape().num_elements()
+        }
+        let mut m = ModelMemory {
+            dense_other: bytes(&self.embed_tokens.weight.val())
+                + bytes(&self.lm_head.weight.val())
+                + self.lm_head.bias.as_ref().map_or(0, |b| bytes(&b.val()))
+                + ln_bytes(&self.final_layernorm),
+            ..Default::default()
+        };
+        fn ln_bytes<B: Backend>(ln: &LayerNorm<B>) -> usize {
+            let g = ln.gamma.val();
+            g.dtype().size() * g.shape().num_elements() * (1 + usize::from(ln.beta.is_some()))
+        }
+        for l in &self.layers {
+            m.dense_other += ln_bytes(&l.input_layernorm);
+            for (_, x) in l.linears() {
+                let w = x.base.weight_bytes();
+                if x.base.nf4().is_some() {
+                    m.packed_base += w;
+                } else {
+                    m.dense_base += w;
+                }
+                m.dense_other += x.base.bias_bytes();
+                if let Some(a) = &x.lora {
+                    m.adapters += bytes(&a.a.val()) + bytes(&a.b.val());
+                }
+            }
+        }
+        m
+    }
+
     pub fn base_linear_bytes(&self) -> usize {
         self.layers
             .iter()

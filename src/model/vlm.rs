@@ -223,9 +223,21 @@ pub fn llava_logits<B: QLoraBackend>(
     image_features: Tensor<B, 3>,
     image_start: &[Option<usize>],
 ) -> Tensor<B, 3> {
+    let embeds = llava_embeds(lm, projector, input_ids, image_features, image_start);
+    lm.forward_embeds(embeds, Some(mask_from_int(attention_mask)), None)
+}
+
+/// The LM's input embeddings of a batch: token embeddings with the projected image features
+/// written into the image slots (what [`llava_logits`] feeds the LM).
+pub fn llava_embeds<B: QLoraBackend>(
+    lm: &Phi<B>,
+    projector: &super::projector::Projector<B>,
+    input_ids: Tensor<B, 2, Int>,
+    image_features: Tensor<B, 3>,
+    image_start: &[Option<usize>],
+) -> Tensor<B, 3> {
     let embeds = lm.embed(input_ids);
     // The projector keeps f32 weights; its output joins the LM's compute dtype (bf16 on GPU).
     let images = projector.forward(image_features).cast(embeds.dtype());
-    let embeds = fill_image_slots(embeds, images, image_start);
-    lm.forward_embeds(embeds, Some(mask_from_int(attention_mask)), None)
+    fill_image_slots(embeds, images, image_start)
 }

@@ -45,11 +45,11 @@ use crate::backbones::ClipPretrainOptions;
 use crate::backend::{Compute, Train};
 use crate::data::coco::load_captions;
 use crate::data::images::{load_rgb, par_map, ImageRoot};
-use crate::data::rng::{epoch_order, Rng};
 use crate::data::synth::{scene, COLORS, KINDS};
 use crate::model::clip::{ClipLayer, ClipVision, ClipVisionConfig};
 use crate::model::preprocess::{preprocess, PreprocessConfig, Resize};
 use crate::model::Activation;
+use crate::rng::{epoch_order, Rng};
 use crate::train::grads;
 use crate::train::schedule::LrSchedule;
 

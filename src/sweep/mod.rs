@@ -5,10 +5,12 @@
 //! - [`plan`]: load and validate experiment files, decide per stage (run, resume, reuse),
 //!   and execute a planned run in the store.
 //! - [`backbones`]: the `builtin:` backbones a sweep needs, built before any run starts.
+//! - [`estimate`]: the feature cache and model memory a run will need (`--dry-run`).
 //! - [`parallel`]: `--jobs N` worker processes side by side.
 //! - [`runner`]: which stage runner trains (the real trainer, or the tests' stand-in).
 
 pub mod backbones;
+pub mod estimate;
 pub mod parallel;
 pub mod plan;
 pub mod runner;

@@ -10,13 +10,14 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::peak_rss_bytes;
 use crate::backend::Train;
 use crate::data::batch::LlavaBatch;
 use crate::model::lora::LoraConfig;
 use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig};
-use crate::train::{forward, grads, loss::masked_lm_loss, peak_rss_bytes};
+use crate::train::{forward, grads, loss::masked_lm_loss};
 
 /// The sizes of one benchmark (a TOML file or flags; `scripts/bench_torch.py` reads the same
 /// file).

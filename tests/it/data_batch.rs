@@ -61,7 +61,7 @@ fn batches_are_right_padded_with_masks_and_features() {
 }
 
 fn lengths() -> Vec<usize> {
-    let mut r = harness::data::rng::Rng::new(5);
+    let mut r = harness::rng::Rng::new(5);
     (0..1000).map(|_| 20 + r.below(400)).collect()
 }
 

@@ -195,3 +195,39 @@ fn templates_are_configurable() {
          image is riding a wave on a surfboard.\n]]"
     );
 }
+
+#[test]
+fn the_template_an_experiment_names_is_the_one_its_sequences_use() {
+    // Every name validation accepts is one the data side builds, and only those.
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = |template: &str| {
+        let p = tmp.path().join(format!("{template}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"t\"\n[model]\nvision = \"v\"\nlm = \"l\"\n[data]\ntemplate = \"{template}\"\n"
+            ),
+        )
+        .unwrap();
+        harness::config::load(&p)
+    };
+    for name in harness::config::TEMPLATES {
+        let e = exp(name).unwrap().exp;
+        let spec = harness::data::samples::DataSpec::from_experiment(&e, IMG, 0).unwrap();
+        assert_eq!(spec.template, ChatTemplate::named(name).unwrap());
+    }
+    let tok = tokenizer();
+    let eot = tok.token_to_id(EOT).unwrap();
+    let e = exp("llava_v1").unwrap().exp;
+    let spec = harness::data::samples::DataSpec::from_experiment(&e, IMG, eot).unwrap();
+    let b = harness::data::samples::builder(&spec, &tok).unwrap();
+    let c = conversations().into_iter().next().unwrap();
+    let r = b.render(&b.conversation(&c).unwrap());
+    assert!(r.starts_with("A chat between a curious human"), "{r}");
+    // `vicuna` was accepted by validation once and then failed at data preparation.
+    let err = format!("{:#}", exp("vicuna").unwrap_err());
+    assert!(
+        err.contains("data.template") && err.contains("phi, llava_v1"),
+        "{err}"
+    );
+}

@@ -179,7 +179,7 @@ fn every_question_kind_has_an_exact_answer_in_every_scene() {
         let cells: std::collections::HashSet<_> = sc.shapes.iter().map(|s| s.cell).collect();
         assert_eq!(colors.len(), sc.shapes.len());
         assert_eq!(cells.len(), sc.shapes.len());
-        let mut r = harness::data::rng::Rng::new(i);
+        let mut r = harness::rng::Rng::new(i);
         let qs = questions(&sc, &mut r);
         assert!(qs.iter().any(|q| q.qtype == "exists" && q.answer == "yes"));
         assert!(qs.iter().any(|q| q.qtype == "exists" && q.answer == "no"));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top-level modules from the top down; a module may name any module after it.
-const LAYERS: [&str; 13] = [
+const LAYERS: [&str; 14] = [
     "cli",
     "sweep",
     "pretrain",
@@ -20,6 +20,7 @@ const LAYERS: [&str; 13] = [
     "config",
     "backbones",
     "fsutil",
+    "rng",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

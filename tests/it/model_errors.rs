@@ -142,3 +142,78 @@ fn model_wrong_dtype_is_named() {
         "{msg}"
     );
 }
+
+#[test]
+fn phi_configs_we_would_compute_wrongly_are_refused() {
+    use harness::model::phi::PhiConfig;
+    let text = std::fs::read_to_string(fixtures().join("phi_f32/config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = base.clone();
+        c[k] = v;
+        PhiConfig::from_hf_json(&c)
+    };
+    let err = format!(
+        "{:#}",
+        with(
+            "rope_scaling",
+            serde_json::json!({"type": "linear", "factor": 2.0})
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("rope_scaling") && err.contains("linear"),
+        "{err}"
+    );
+    assert!(with("rope_scaling", serde_json::Value::Null).is_ok());
+    let err = format!("{:#}", with("attention_dropout", 0.1.into()).unwrap_err());
+    assert!(err.contains("attention_dropout"), "{err}");
+    let err = format!("{:#}", with("resid_pdrop", 1.5.into()).unwrap_err());
+    assert!(err.contains("resid_pdrop"), "{err}");
+    // microsoft/phi-2's dropout settings are read, and written back.
+    let c = with("resid_pdrop", 0.1.into()).unwrap();
+    assert_eq!((c.resid_pdrop, c.embd_pdrop), (0.1, 0.0));
+    assert_eq!(c.to_hf_json()["resid_pdrop"], 0.1);
+}
+
+#[test]
+fn phi_residual_dropout_applies_while_training_only() {
+    use burn::module::AutodiffModule;
+    use burn::prelude::*;
+    use harness::backend::Train;
+    use harness::model::phi::PhiConfig;
+    let device = Default::default();
+    let dir = fixtures().join("phi_f32");
+    let mut cfg = PhiConfig::load(&dir).unwrap();
+    let ckpt = harness::model::checkpoint::Checkpoint::open(&dir).unwrap();
+    let plain = Phi::<Train>::load(&ckpt, &cfg, &device).unwrap();
+    cfg.resid_pdrop = 0.5;
+    let dropped = Phi::<Train>::load(&ckpt, &cfg, &device).unwrap();
+    let ids =
+        Tensor::<Train, 2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3], [1, 4]), &device);
+    let vals = |t: Tensor<Train, 3>| t.into_data().to_vec::<f32>().unwrap();
+    let reference = vals(plain.forward(ids.clone(), None));
+    // Training (autodiff): the branches are dropped, so the logits move.
+    let train = vals(dropped.forward(ids.clone(), None));
+    let moved = reference.iter().zip(&train).filter(|(a, b)| a != b).count();
+    assert!(
+        moved > reference.len() / 2,
+        "{moved} of {} moved",
+        reference.len()
+    );
+    // Evaluation (`valid()`, no autodiff): dropout is the identity (the inner backend's
+    // kernels round differently from the autodiff ones in the 7th digit).
+    let inner = ids.inner();
+    let eval = dropped
+        .valid()
+        .forward(inner, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let err = eval
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err <= 1e-5, "{err}");
+}

@@ -372,3 +372,180 @@ fn stage2_step_matches_pytorch_lora() {
 fn stage2_step_matches_pytorch_nf4() {
     stage2_step("nf4");
 }
+
+/// A small random Phi with adapters (NF4 base when `nf4`), a projector and a padded batch
+/// whose rows have their image at different places.
+fn recompute_case(nf4: bool, dropout: f64) -> (Projector<Train>, Phi<Train>, LlavaBatch<Train>) {
+    let dev = Default::default();
+    <Train as Backend>::seed(&dev, 7);
+    let mut cfg = PhiConfig::new(64, 32, 64, 3, 4, 4).with_partial_rotary_factor(0.5);
+    cfg.resid_pdrop = dropout;
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout,
+        quant: nf4.then(|| Nf4Config::default().with_double_quant(true)),
+        ..LoraConfig::default()
+    };
+    let mut lm: Phi<Train> = cfg.init_with(&dev, &lora).freeze_base();
+    // B starts at zero; give the adapters weight so their gradients flow back to x.
+    for l in &mut lm.layers {
+        for (_, x) in l.linears_mut() {
+            if let Some(a) = &mut x.lora {
+                let [r, o] = a.b.dims();
+                a.b = burn::module::Param::from_tensor(
+                    Tensor::random([r, o], burn::tensor::Distribution::Normal(0.0, 0.1), &dev)
+                        .require_grad(),
+                );
+            }
+        }
+    }
+    let projector: Projector<Train> = ProjectorConfig::new(8, 32).with_depth(1).init(&dev);
+    let (b, l, p) = (3, 12, 4);
+    let ids: Vec<i64> = (0..b * l).map(|i| (i * 7 % 60) as i64 + 1).collect();
+    let mut labels = ids.clone();
+    let mut mask = vec![1i64; b * l];
+    let starts = vec![Some(1), Some(0), None];
+    for r in 0..b {
+        if let Some(s) = starts[r] {
+            for j in s..s + p {
+                labels[r * l + j] = -100;
+            }
+        }
+        // Row 2 is padded after 8 tokens.
+        if r == 2 {
+            for j in 8..l {
+                mask[r * l + j] = 0;
+                labels[r * l + j] = -100;
+            }
+        }
+    }
+    let t = |v: Vec<i64>| Tensor::<Train, 2, Int>::from_data(TensorData::new(v, [b, l]), &dev);
+    let batch = LlavaBatch {
+        input_ids: t(ids),
+        labels: t(labels),
+        attention_mask: t(mask),
+        image_features: Tensor::random([b, p, 8], burn::tensor::Distribution::Default, &dev),
+        image_start: starts,
+        ids: vec![String::new(); b],
+        lengths: vec![l; b],
+        target_tokens: 0,
+    };
+    (projector, lm, batch)
+}
+
+/// Every gradient of `a` and `b`, flattened in parameter order.
+fn grad_values<M: burn::module::AutodiffModule<Train>>(
+    m: &M,
+    g: &GradientsParams,
+) -> Vec<Vec<f32>> {
+    struct Collect<'a> {
+        g: &'a GradientsParams,
+        out: Vec<Vec<f32>>,
+    }
+    impl burn::module::ModuleVisitor<Train> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<Train, D>>) {
+            if let Some(t) = self.g.get::<harness::backend::Compute, D>(p.id) {
+                self.out.push(values(t));
+            }
+        }
+    }
+    let mut c = Collect { g, out: vec![] };
+    m.visit(&mut c);
+    c.out
+}
+
+#[test]
+fn per_layer_recomputation_gives_the_plain_gradients() {
+    use harness::train::recompute::{micro_step, micro_step_plain};
+    for (nf4, train_lm) in [(false, false), (false, true), (true, true)] {
+        let (projector, lm, batch) = recompute_case(nf4, 0.0);
+        let plain = micro_step_plain(&projector, &lm, &batch, 2.0, train_lm);
+        let lean = micro_step(&projector, &lm, &batch, 2.0, train_lm, 11);
+        assert!((plain.loss - lean.loss).abs() < 1e-6, "loss");
+        assert_eq!(plain.targets, lean.targets);
+        let pairs = [
+            (
+                grad_values(&projector, &plain.projector),
+                grad_values(&projector, &lean.projector),
+            ),
+            (grad_values(&lm, &plain.lm), grad_values(&lm, &lean.lm)),
+        ];
+        for (what, (a, b)) in ["projector", "adapters"].iter().zip(pairs) {
+            assert_eq!(
+                a.len(),
+                b.len(),
+                "{what}: the same parameters get gradients"
+            );
+            if *what == "adapters" {
+                assert_eq!(
+                    !a.is_empty(),
+                    train_lm,
+                    "adapters get gradients in stage 2 only"
+                );
+            } else {
+                assert!(!a.is_empty());
+            }
+            for (x, y) in a.iter().zip(&b) {
+                let err = max_abs(x, y);
+                let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    err <= 1e-5 * scale.max(1.0),
+                    "{what} nf4={nf4}: {err} (scale {scale})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn per_layer_recomputation_draws_the_same_dropout_twice() {
+    use harness::train::recompute::micro_step;
+    let (projector, lm, batch) = recompute_case(false, 0.3);
+    let a = micro_step(&projector, &lm, &batch, 1.0, true, 5);
+    let b = micro_step(&projector, &lm, &batch, 1.0, true, 5);
+    let c = micro_step(&projector, &lm, &batch, 1.0, true, 6);
+    let (ga, gb, gc) = (
+        grad_values(&lm, &a.lm),
+        grad_values(&lm, &b.lm),
+        grad_values(&lm, &c.lm),
+    );
+    assert_eq!(ga, gb, "the same seed gives the same masks and gradients");
+    assert_ne!(ga, gc, "another seed, other masks");
+    // Had the recomputation drawn other masks than the forward, the gradients would not be
+    // those of the loss it reports. With the seed fixing the masks, the loss along the
+    // projector's gradient g must change at |g|^2 per unit step (central difference).
+    let g = &a.projector;
+    let norm2: f64 = grad_values(&projector, g)
+        .iter()
+        .flatten()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum();
+    let eps = 1e-2 / norm2.sqrt();
+    let moved = |sign: f64| {
+        struct Step<'a> {
+            g: &'a GradientsParams,
+            by: f64,
+        }
+        impl burn::module::ModuleMapper<Train> for Step<'_> {
+            fn map_float<const D: usize>(
+                &mut self,
+                p: burn::module::Param<Tensor<Train, D>>,
+            ) -> burn::module::Param<Tensor<Train, D>> {
+                let id = p.id;
+                match self.g.get::<harness::backend::Compute, D>(id) {
+                    Some(d) => p.map(|t| t + Tensor::from_inner(d) * self.by),
+                    None => p,
+                }
+            }
+        }
+        let p = projector.clone().map(&mut Step { g, by: sign * eps });
+        micro_step(&p, &lm, &batch, 1.0, true, 5).loss
+    };
+    let slope = (moved(1.0) - moved(-1.0)) / (2.0 * eps);
+    assert!(
+        (slope - norm2).abs() <= 0.02 * norm2,
+        "directional derivative {slope} vs |g|^2 {norm2}"
+    );
+    assert!(a.loss.is_finite() && a.loss == b.loss);
+}
