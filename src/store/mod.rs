@@ -78,8 +78,13 @@ pub struct CodeChange {
     /// Its code fingerprint; `None` for a run recorded before fingerprints were.
     pub from_fingerprint: Option<String>,
     /// Fingerprinted files that differ (changed, added or removed), sorted; empty when
-    /// unknown (no fingerprint recorded).
+    /// unknown (no fingerprint recorded, and no commit to read them from).
     pub files: Vec<String>,
+    /// For a run that recorded no fingerprint: `files` were found by reading the
+    /// fingerprinted files of its commit with git2 (from the repository the harness runs
+    /// in), not from recorded hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_from_commit: bool,
 }
 
 impl CodeChange {
@@ -94,7 +99,29 @@ impl CodeChange {
 
     /// `the code differs in 2 files: a, b`, or why the files are unknown.
     pub fn files_summary(&self) -> String {
-        match (&self.from_fingerprint, self.files.len()) {
+        let n = self.files.len();
+        let listed = || {
+            format!(
+                "{n} file{}: {}",
+                if n == 1 { "" } else { "s" },
+                crate::config::fingerprint::name_files(&self.files, 8)
+            )
+        };
+        // Read from the commit, so a dirty run's uncommitted changes are not in them.
+        let aside = if self.from_dirty {
+            " (its uncommitted changes aside)"
+        } else {
+            ""
+        };
+        match (&self.from_fingerprint, n) {
+            (None, 0) if self.files_from_commit => format!(
+                "its run recorded no code fingerprint, though the fingerprinted files at its \
+                 commit are those of this code{aside}"
+            ),
+            (None, _) if self.files_from_commit => format!(
+                "its run recorded no code fingerprint, and the code at its commit differs in {}{aside}",
+                listed()
+            ),
             (None, _) => "its run recorded no code fingerprint (made before fingerprints were \
                           part of the keys), so which files differ is unknown"
                 .into(),
@@ -102,11 +129,7 @@ impl CodeChange {
                 "it was trained by this code, on a stage-1 result of other code".into()
             }
             (Some(_), 0) => "the code fingerprint differs (no file's hash does)".into(),
-            (Some(_), n) => format!(
-                "the code differs in {n} file{}: {}",
-                if n == 1 { "" } else { "s" },
-                crate::config::fingerprint::name_files(&self.files, 8)
-            ),
+            (Some(_), _) => format!("the code differs in {}", listed()),
         }
     }
 }
@@ -367,8 +390,11 @@ impl Store {
         write_json(&self.stages_dir().join(format!("{key}.json")), &rec)
     }
 
-    /// How the code that trained run `run_id` differs from this binary's, from its
-    /// `provenance.json` (the per-file hashes decide; the commit is for people).
+    /// How the code that trained run `run_id` differs from this binary's: from the
+    /// per-file hashes in its `provenance.json`, which are those of the binary that ran
+    /// (committed or not); for a run that recorded none, from its commit's fingerprinted
+    /// files, read with git2 in the repository the harness runs in, when that commit is
+    /// there ([`provenance::fingerprinted_files_at`]).
     pub fn code_change_from(&self, run_id: &str) -> CodeChange {
         let prov = self.read_provenance(run_id).ok();
         let (from_commit, from_dirty) = prov
@@ -376,18 +402,23 @@ impl Store {
             .map(|p| (p.code.commit.clone(), p.code.dirty))
             .unwrap_or_else(|| ("unknown".into(), false));
         let fp = prov.and_then(|p| p.fingerprint);
-        let files = fp
-            .as_ref()
-            .map(|f| {
-                let now = crate::config::fingerprint::CodeFingerprint::built();
-                crate::config::fingerprint::differing(&f.files, &now.files)
-            })
-            .unwrap_or_default();
+        let now = crate::config::fingerprint::CodeFingerprint::built();
+        let (files, files_from_commit) = match &fp {
+            Some(f) => (
+                crate::config::fingerprint::differing(&f.files, &now.files),
+                false,
+            ),
+            None => match provenance::fingerprinted_files_at(Path::new("."), &from_commit) {
+                Some(at) => (crate::config::fingerprint::differing(&at, &now.files), true),
+                None => (vec![], false),
+            },
+        };
         CodeChange {
             from_commit,
             from_dirty,
             from_fingerprint: fp.map(|f| f.sha256),
             files,
+            files_from_commit,
         }
     }
 

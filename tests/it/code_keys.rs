@@ -417,12 +417,57 @@ fn results_from_before_fingerprints_retrain_unless_reuse_config() {
             (c.from_commit.as_str(), c.from_fingerprint.as_ref()),
             (x.as_str(), None)
         );
-        assert!(c.files.is_empty());
+        // The commit holds no fingerprinted file (this repository is not the harness's
+        // source), so which files differ is unknown.
+        assert!(c.files.is_empty() && !c.files_from_commit);
     }
     assert_eq!(
         s.stages["stage1"].key, ka.stage1_config,
         "the old record's key"
     );
+
+    // In a checkout of the harness's source, the old run's commit says which files differ:
+    // git2 reads its fingerprinted files. Here the commit holds this binary's files, with
+    // loss.rs changed, then unchanged.
+    let with_source = |loss_differs: bool| -> String {
+        for (f, _) in fingerprint::FILES {
+            let mut bytes = std::fs::read(repo_path(f)).unwrap();
+            if loss_differs && *f == "src/train/loss.rs" {
+                bytes.extend_from_slice(b"\n// other code\n");
+            }
+            let p = r.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        // A file the list leaves out differs too, and is not named.
+        std::fs::create_dir_all(r.join("src/report")).unwrap();
+        write(r, "src/report/html.rs", &format!("// {loss_differs}\n"));
+        let c = commit(r, &format!("source, loss differs: {loss_differs}"));
+        let prov_path = results.join(&ra).join("provenance.json");
+        let mut prov = read(&prov_path);
+        prov["code"]["commit"] = json!(c);
+        save(&prov_path, &prov);
+        c
+    };
+    let y = with_source(true);
+    let plan = dry_run(r, &results, &[], &[&a]);
+    let named = format!(
+        ": run: results exist for this config (run {ra}, commit {}) but its run recorded no code fingerprint, and the code at its commit differs in 1 file: src/train/loss.rs",
+        &y[..7]
+    );
+    for n in [1, 2] {
+        assert!(plan_line(&plan, "a", n).ends_with(&named), "{plan}");
+    }
+    let z = with_source(false);
+    let plan = dry_run(r, &results, &[], &[&a]);
+    // Still retrained (the record's key is not this code's), with the reason.
+    let same = format!(
+        ": run: results exist for this config (run {ra}, commit {}) but its run recorded no code fingerprint, though the fingerprinted files at its commit are those of this code",
+        &z[..7]
+    );
+    for n in [1, 2] {
+        assert!(plan_line(&plan, "a", n).ends_with(&same), "{plan}");
+    }
 }
 
 #[test]
