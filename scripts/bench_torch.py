@@ -20,7 +20,7 @@ from ref_train import Projector  # the same residual projector as the fixtures
 
 DEFAULTS = dict(d_model=256, layers=4, heads=8, partial_rotary=0.4, mlp=1024, vocab=4096,
                 image_tokens=64, image_dim=256, text_len=64, batch=8, projector_depth=2,
-                lora_rank=16, steps=10, warmup=2)
+                lora_rank=16, steps=10, warmup=2, activation_checkpointing=False)
 
 
 def main():
@@ -55,6 +55,10 @@ def main():
         lm = get_peft_model(lm, LoraConfig(
             r=c["lora_rank"], lora_alpha=2 * c["lora_rank"], lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]))
+        if c["activation_checkpointing"]:
+            # Per decoder layer, as `stage.activation_checkpointing` does in the harness.
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lm.train()
         trainable = list(proj.parameters()) + [p for p in lm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW([
             {"params": list(proj.parameters()), "lr": 2e-5},

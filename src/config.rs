@@ -26,6 +26,11 @@ pub struct Experiment {
     pub name: String,
     #[serde(default)]
     pub seed: u64,
+    /// Replicas: one run per seed, named `<name>-s<seed>`, each a normal run with its own
+    /// stage keys ([`replicas`]). Empty: one run with `seed`. Left out of the resolved form
+    /// when empty, so experiments without it keep their hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// Where to run: `auto` (CUDA when built with it, else CPU), `cpu`, `cuda`.
     #[serde(default)]
     pub backend: BackendChoice,
@@ -121,8 +126,14 @@ pub enum DType {
 pub struct DataConfig {
     /// COCO 2017 root: `annotations/captions_{train,val}2017.json`, `train2017/`, `val2017/`.
     pub coco_root: String,
-    /// llava_instruct_150k.json (its images are looked up in `coco_root/train2017`).
+    /// Stage-2 conversations in LLaVA's format: llava_instruct_150k.json,
+    /// llava_v1_5_mix665k.json, ... Their `image` names are relative to `image_folder`.
     pub instruct_json: String,
+    /// The folder `instruct_json`'s image names are relative to (LLaVA's `image_folder`);
+    /// empty: `coco_root/train2017` (Instruct150K). For mix665k, the folder holding
+    /// `coco/`, `gqa/`, `ocr_vqa/`, `textvqa/` and `vg/`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image_folder: String,
     /// Use at most this many caption pairs / conversations (0 = all).
     pub stage1_limit: u64,
     pub stage2_limit: u64,
@@ -152,6 +163,7 @@ impl Default for DataConfig {
         DataConfig {
             coco_root: "data/coco".into(),
             instruct_json: "data/llava_instruct_150k.json".into(),
+            image_folder: String::new(),
             stage1_limit: 0,
             stage2_limit: 0,
             stage2_val: 500,
@@ -303,6 +315,34 @@ pub struct EvalConfig {
     pub beams: u64,
     /// Samples shown in the report gallery.
     pub gallery: u64,
+    /// Benchmarks run at the end of the run, after stage 2's own evaluation
+    /// (`[[eval.bench]]`; `eval::bench::run`). Left out of the config hash when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bench: Vec<BenchConfig>,
+}
+
+/// The benchmarks `[[eval.bench]]` can name (`eval::bench::Task`).
+pub const BENCH_TASKS: [&str; 6] = ["pope", "textvqa", "vqav2", "gqa", "scienceqa", "mme"];
+
+/// One benchmark a run evaluates after stage 2 (`[[eval.bench]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    /// One of [`BENCH_TASKS`].
+    pub task: String,
+    /// The benchmark's folder in LLaVA's eval layout (what it holds per task:
+    /// `eval::bench::layout`).
+    pub data: String,
+    /// Questions evaluated, spread evenly over the question file (0 = all).
+    #[serde(default)]
+    pub limit: u64,
+    /// Prompts generated together.
+    #[serde(default = "default_bench_batch")]
+    pub batch: u64,
+}
+
+fn default_bench_batch() -> u64 {
+    8
 }
 
 impl Default for EvalConfig {
@@ -313,6 +353,7 @@ impl Default for EvalConfig {
             max_new_tokens: 32,
             beams: 1,
             gallery: 8,
+            bench: Vec::new(),
         }
     }
 }
@@ -329,6 +370,9 @@ fn default_feature_layer() -> i64 {
 pub struct LoadedExperiment {
     pub path: PathBuf,
     pub exp: Experiment,
+    /// The seed when this is one replica of the file's experiment (`seeds = [..]`,
+    /// `sweep --seeds N`, `run --seed S`): `harness run FILE --seed S` runs it again.
+    pub replica: Option<u64>,
 }
 
 /// Reads, parses and validates one experiment file.
@@ -351,6 +395,7 @@ pub fn load(path: &Path) -> Result<LoadedExperiment> {
     Ok(LoadedExperiment {
         path: path.to_path_buf(),
         exp,
+        replica: None,
     })
 }
 
@@ -466,6 +511,18 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
             ),
         );
     }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &exp.seeds {
+        if !seen.insert(s) {
+            bad("seeds", format!("lists seed {s} twice"));
+        }
+    }
+    if !exp.seeds.is_empty() && key_line(text, "seed").is_some() {
+        bad(
+            "seed",
+            "is set beside `seeds`; a seed list replaces it, so write one of them".into(),
+        );
+    }
     if exp.devices.is_empty() {
         bad("devices", "must list at least one device".into());
     }
@@ -561,6 +618,47 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
     if exp.eval.beams == 0 {
         bad("eval.beams", "must be >= 1".into());
     }
+    out.extend(validate_bench(&exp.eval.bench, text));
+    out
+}
+
+/// `[[eval.bench]]` entries: known tasks, each once (answers go to `bench/<task>/`), a
+/// data folder, a batch of at least one.
+fn validate_bench(bench: &[BenchConfig], text: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (i, b) in bench.iter().enumerate() {
+        let mut bad = |field: &str, message: String| {
+            out.push(Problem {
+                key: format!("eval.bench[{i}].{field}"),
+                line: array_key_line(text, "eval.bench", i, field),
+                message,
+            })
+        };
+        if !BENCH_TASKS.contains(&b.task.as_str()) {
+            bad(
+                "task",
+                format!(
+                    "unknown benchmark {:?} (one of {})",
+                    b.task,
+                    BENCH_TASKS.join(", ")
+                ),
+            );
+        } else if let Some(first) = bench[..i].iter().position(|o| o.task == b.task) {
+            bad(
+                "task",
+                format!(
+                    "{:?} is already benchmarked by eval.bench[{first}] (each task once: its answers go to bench/{}/)",
+                    b.task, b.task
+                ),
+            );
+        }
+        if b.data.trim().is_empty() {
+            bad("data", "must name the benchmark's folder".into());
+        }
+        if b.batch == 0 {
+            bad("batch", "must be >= 1".into());
+        }
+    }
     out
 }
 
@@ -628,8 +726,13 @@ pub fn key_line(text: &str, dotted: &str) -> Option<usize> {
     let mut current = String::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        if let Some(h) = line.strip_prefix('[') {
-            current = h.trim_end_matches(']').trim().to_string();
+        if line.starts_with('[') {
+            // `[table]` and `[[array of tables]]` alike.
+            current = line
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string();
             continue;
         }
         let Some((lhs, _)) = line.split_once('=') else {
@@ -646,6 +749,37 @@ pub fn key_line(text: &str, dotted: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// The line of `key` in the `index`-th (0-based) `[[table]]` entry, or of that entry's
+/// header when the key is not written there.
+pub fn array_key_line(text: &str, table: &str, index: usize, key: &str) -> Option<usize> {
+    let header = format!("[[{table}]]");
+    let mut seen = 0usize;
+    let mut inside: Option<usize> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            if let Some(h) = inside {
+                return Some(h);
+            }
+            if line.replace(' ', "") == header {
+                if seen == index {
+                    inside = Some(i + 1);
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if inside.is_some() {
+            if let Some((lhs, _)) = line.split_once('=') {
+                if lhs.trim().trim_matches('"') == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    inside
 }
 
 /// Paths that must exist when the experiment runs, all checked at once.
@@ -665,6 +799,13 @@ pub fn check_paths(exp: &Experiment, stages: &[u8]) -> Vec<String> {
         need("data.instruct_json", &exp.data.instruct_json);
         if !exp.data.instruct_val_json.is_empty() {
             need("data.instruct_val_json", &exp.data.instruct_val_json);
+        }
+        if !exp.data.image_folder.is_empty() {
+            need("data.image_folder", &exp.data.image_folder);
+        }
+        // Benchmarks run after stage 2; a missing folder is better found before training.
+        for (i, b) in exp.eval.bench.iter().enumerate() {
+            need(&format!("eval.bench[{i}].data"), &b.data);
         }
     }
     missing
@@ -746,7 +887,7 @@ pub fn stage_keys_for(exp: &Experiment, code: &str) -> StageKeys {
         }),
     );
     let h1 = hash_value(&serde_json::to_value(&s1).unwrap());
-    let s2 = serde_json::json!({
+    let mut s2 = serde_json::json!({
         "stage1_key": h1,
         "stage2": v["stage2"],
         "data": {
@@ -756,6 +897,10 @@ pub fn stage_keys_for(exp: &Experiment, code: &str) -> StageKeys {
             "coco_root": d["coco_root"],
         },
     });
+    // Only when set, so the keys of experiments without it stay what they were.
+    if let Some(f) = d.get("image_folder") {
+        s2["data"]["image_folder"] = f.clone();
+    }
     let h2 = hash_value(&s2);
     let mut all = v.clone();
     if let Value::Object(m) = &mut all {
@@ -778,6 +923,48 @@ pub fn stage_keys_for(exp: &Experiment, code: &str) -> StageKeys {
 /// stage 2 never passes for one trained wholly by this code).
 pub fn stage_code_key(config_key: &str, code: &str, stage1: Option<&str>) -> String {
     hash_value(&serde_json::json!({ "config": config_key, "code": code, "stage1": stage1 }))
+}
+
+/// `<name>-s<seed>`: the name of the replica of `name` with `seed`.
+pub fn replica_name(name: &str, seed: u64) -> String {
+    format!("{name}-s{seed}")
+}
+
+/// The name a replica was made from: `name` without its `-s<seed>` suffix (unchanged when
+/// it has none).
+pub fn base_name(name: &str, seed: u64) -> &str {
+    name.strip_suffix(&format!("-s{seed}")).unwrap_or(name)
+}
+
+/// The replica of `exp` with `seed`: that seed, no seed list, the name suffixed.
+pub fn replica(exp: &Experiment, seed: u64) -> Experiment {
+    Experiment {
+        name: replica_name(&exp.name, seed),
+        seed,
+        seeds: vec![],
+        ..exp.clone()
+    }
+}
+
+/// The experiments `exp` stands for: itself, or one [`replica`] per seed of `seeds`.
+pub fn replicas(exp: &Experiment) -> Vec<Experiment> {
+    if exp.seeds.is_empty() {
+        return vec![exp.clone()];
+    }
+    exp.seeds.iter().map(|&s| replica(exp, s)).collect()
+}
+
+/// What runs that differ only in their seed share: the hash of the resolved config without
+/// name, seed and seed list. (Whether they also ran the same code is the store's business:
+/// [`crate::store::groups`].)
+pub fn group_key(exp: &Experiment) -> String {
+    let mut v = canonical(exp);
+    if let Value::Object(m) = &mut v {
+        for k in ["name", "seed", "seeds"] {
+            m.remove(k);
+        }
+    }
+    hash_value(&v)
 }
 
 /// The resolved experiment as TOML (written to `run.toml`).

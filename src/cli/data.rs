@@ -113,6 +113,12 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
             "  truncated: {} sequences, {} tokens",
             s.truncation.truncated_sequences, s.truncation.truncated_tokens
         );
+        if !s.sources.is_empty() {
+            println!("  by source (records kept / skipped):");
+            for (name, c) in &s.sources {
+                println!("    {name:<18} {:>7} / {}", c.kept, c.skipped);
+            }
+        }
         for r in SkipReason::ALL {
             let n = s.skips.count(r);
             if n > 0 {

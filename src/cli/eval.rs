@@ -1,9 +1,10 @@
 //! `harness eval`: scoring outputs against references.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
+use crate::eval::bench::run::{bench_run, summary_lines, BenchRequest};
 use crate::eval::bench::{self, GtPaths, Task};
 use crate::eval::coco_files::evaluate_files;
 
@@ -15,6 +16,31 @@ pub enum EvalCommand {
     /// Score a benchmark's answers (LLaVA's answers JSONL) as the official / LLaVA scripts
     /// do: pope, textvqa, vqav2, gqa, scienceqa, mme.
     Score(ScoreArgs),
+    /// Answer a benchmark's questions with a run's stage-2 model and score them:
+    /// answers to results/<run>/bench/<task>/answers.jsonl (LLaVA's format; an interrupted
+    /// evaluation resumes), metrics bench/<task>/* into the run's metrics.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The run: id, unique id prefix, or experiment name (its latest run).
+    pub run: String,
+    /// pope, textvqa, vqav2, gqa, scienceqa (or sqa), mme.
+    #[arg(long, value_parser = parse_task)]
+    pub task: Task,
+    /// The benchmark's folder in LLaVA's eval layout (README: Benchmarks).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Questions evaluated, spread evenly over the question file (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Prompts generated together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Print the score as one JSON object {"task", "n", "metrics", "missing", "extra"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -59,11 +85,48 @@ pub struct CaptionsArgs {
     pub json: bool,
 }
 
-pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
+pub fn eval(results: &Path, cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Captions(a) => captions(a),
         EvalCommand::Score(a) => score(a),
+        EvalCommand::Bench(a) => run_bench(results, a),
     }
+}
+
+fn run_bench(results: &Path, a: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
+    crate::store::install_signal_handler();
+    let store = crate::store::Store::new(results);
+    let req = BenchRequest {
+        task: a.task,
+        data: a.data,
+        limit: a.limit,
+        batch: a.batch,
+    };
+    let o = bench_run(&store, &a.run, &req)?;
+    for line in summary_lines(&o) {
+        eprintln!("{line}");
+    }
+    let Some(s) = &o.score else {
+        anyhow::bail!(
+            "interrupted after {} of {} questions; run the same command again to resume",
+            o.resumed + o.generated,
+            o.selected
+        );
+    };
+    for n in &s.notes {
+        eprintln!("note: {n}");
+    }
+    if a.json {
+        println!("{}", s.to_json_string());
+    } else {
+        println!("answers: {}", o.answers.display());
+        let width = s.metrics.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in s.metrics.iter() {
+            println!("{k:<width$}  {v:.6}");
+        }
+    }
+    Ok(())
 }
 
 fn score(a: ScoreArgs) -> anyhow::Result<()> {

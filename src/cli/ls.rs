@@ -1,9 +1,12 @@
-//! `harness ls`: the runs in the store as a table, JSON or CSV.
+//! `harness ls`: the runs in the store as a table, JSON or CSV: identity, state, final
+//! losses and the headline eval metrics.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::{Args, ValueEnum};
 
+use crate::store::runs::RunSummary;
 use crate::store::Store;
 
 #[derive(Args, Debug)]
@@ -21,13 +24,28 @@ pub enum Format {
 
 pub fn ls(results: &Path, a: LsArgs) -> anyhow::Result<()> {
     let runs = crate::store::runs::summaries(&Store::new(results))?;
+    // The headline eval metrics any run has (CIDEr, BLEU-4, QA accuracy...), after the losses.
+    let headline: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.metrics.keys())
+        .filter(|k| crate::eval::intervals::is_headline_key(k))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let value = |r: &RunSummary, k: &str| opt(r.metrics.get(k).copied());
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
         Format::Csv => {
-            println!("id,name,commit,status,started,age_s,stage1_loss,stage2_loss");
+            let extra: String = headline.iter().map(|k| format!(",{k}")).collect();
+            println!("id,name,commit,status,started,age_s,stage1_loss,stage2_loss{extra}");
             for r in &runs {
+                let extra: String = headline
+                    .iter()
+                    .map(|k| format!(",{}", value(r, k)))
+                    .collect();
                 println!(
-                    "{},{},{},{},{},{:.0},{},{}",
+                    "{},{},{},{},{},{:.0},{},{}{extra}",
                     r.id,
                     r.name,
                     r.commit,
@@ -40,13 +58,27 @@ pub fn ls(results: &Path, a: LsArgs) -> anyhow::Result<()> {
             }
         }
         Format::Table => {
+            // `stage2/eval/qa_acc` -> `S2 QA_ACC`.
+            let short = |k: &str| {
+                let stage = k.split('/').next().unwrap_or("").replace("stage", "S");
+                let metric = crate::eval::intervals::eval_metric(k).unwrap_or(k);
+                format!("{stage} {}", metric.to_uppercase())
+            };
+            let extra: String = headline
+                .iter()
+                .map(|k| format!(" {:>12}", short(k)))
+                .collect();
             println!(
-                "{:<44} {:<20} {:<8} {:<12} {:>8} {:>12} {:>12}",
+                "{:<44} {:<20} {:<8} {:<12} {:>8} {:>12} {:>12}{extra}",
                 "RUN", "NAME", "COMMIT", "STATUS", "AGE", "S1 LOSS", "S2 LOSS"
             );
             for r in &runs {
+                let extra: String = headline
+                    .iter()
+                    .map(|k| format!(" {:>12}", value(r, k)))
+                    .collect();
                 println!(
-                    "{:<44} {:<20} {:<8} {:<12} {:>8} {:>12} {:>12}",
+                    "{:<44} {:<20} {:<8} {:<12} {:>8} {:>12} {:>12}{extra}",
                     r.id,
                     r.name,
                     &r.commit[..r.commit.len().min(7)],

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod caption;
 pub mod chat;
+pub mod cluster;
 pub mod compare;
 pub mod data;
 pub mod eval;
@@ -42,8 +43,12 @@ pub struct Cli {
 pub enum Command {
     /// Run both stages of one experiment.
     Run(run::RunArgs),
-    /// Run many experiments, reusing every stage already completed.
+    /// Run many experiments, reusing every stage already completed (here, or on Slurm
+    /// with --slurm).
     Sweep(run::SweepArgs),
+    /// Take the runs of a submitted sweep until none is left (what each Slurm array task
+    /// of `sweep --slurm` runs).
+    Worker(cluster::WorkerArgs),
     /// List the runs in the store.
     Ls(ls::LsArgs),
     /// Show one run: config, provenance, status, last metrics.
@@ -65,7 +70,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Compare runs on one HTML page: config diff, overlaid curves, metric deltas.
     Compare(compare::CompareArgs),
-    /// Score model outputs against references (COCO caption metrics).
+    /// Score model outputs against references (COCO captions, benchmarks), or run a
+    /// benchmark on a run's model.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Caption images with a run's model (`path<TAB>caption` per image).
@@ -83,6 +89,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(&results, a),
         Command::Sweep(a) => run::sweep(&results, a),
+        Command::Worker(a) => cluster::worker(&results, a),
         Command::Ls(a) => ls::ls(&results, a),
         Command::Show(a) => show::show(&results, a),
         Command::Probe(c) => probe::probe(c),
@@ -92,7 +99,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => report::report(&results, a),
         Command::Compare(a) => compare::compare(&results, a),
-        Command::Eval(c) => eval::eval(c),
+        Command::Eval(c) => eval::eval(&results, c),
         Command::Caption(a) => caption::caption(&results, a),
         Command::Chat(a) => chat::chat(&results, a),
         Command::Export(a) => export::export(&results, a),

@@ -1,11 +1,11 @@
-//! `harness run` and `harness sweep`.
+//! `harness run` and `harness sweep` (with `--slurm` and `--status`: [`super::cluster`]).
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use crate::store::{self, Store};
-use crate::sweep::plan::{self, ExecOptions, ReuseMode};
+use crate::sweep::plan::{self, ExecOptions, Outcome, ReuseMode, Seeds};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -21,14 +21,19 @@ pub struct RunArgs {
     /// `config`, any of the same config whatever the code (recorded in status.json).
     #[arg(long, value_enum, default_value_t = ReuseMode::Code)]
     pub reuse: ReuseMode,
+    /// Run only the replica with this seed (`<name>-s<SEED>`), whether or not the file
+    /// lists it in `seeds`.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
     /// Experiment files; all are validated before anything runs.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "status")]
     pub files: Vec<PathBuf>,
-    /// Print the plan (which stages run and why, which are reused and from where) and stop.
+    /// Print the plan (which stages run and why, which are reused and from where) and stop
+    /// (with --slurm: also the batch script).
     #[arg(long)]
     pub dry_run: bool,
     /// Which completed stages to reuse: `code`, those of the same config and code;
@@ -39,27 +44,65 @@ pub struct SweepArgs {
     /// on the CPU (each keeps about one core busy), one on a GPU.
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
+    /// Run every experiment as N replicas, seeds `seed .. seed + N` (`<name>-s<seed>`),
+    /// instead of the seeds its file lists. Not with `--slurm`, whose workers read the
+    /// files as written: list the seeds in the files (`seeds = [..]`) there.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "slurm")]
+    pub seeds: Option<u64>,
+    /// Submit the sweep to Slurm as one array job of `harness worker` tasks instead of
+    /// running it here; the plan and the task logs go to results/_sweeps/<sweep id>/.
+    #[arg(long, conflicts_with = "jobs")]
+    pub slurm: bool,
+    #[command(flatten)]
+    pub slurm_args: super::cluster::SlurmArgs,
+    /// Show a submitted sweep: each run's state, the Slurm task and host of each stage,
+    /// failures with their error.
+    #[arg(long, value_name = "SWEEP_ID", conflicts_with_all = ["files", "slurm", "dry_run"])]
+    pub status: Option<String>,
 }
 
 pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
-    go(results, &[a.file], a.dry_run, a.resume, 1, a.reuse)
+    let seeds = a.seed.map_or(Seeds::AsWritten, Seeds::Only);
+    go(
+        results,
+        &[a.file],
+        a.dry_run,
+        a.resume,
+        1,
+        seeds,
+        false,
+        a.reuse,
+    )
 }
 
-/// Sweeps continue interrupted runs: that is what re-running a sweep is for.
+/// Sweeps continue interrupted runs: that is what re-running a sweep is for. A sweep
+/// shares the results folder with other workers: runs they hold are skipped.
 pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
-    go(results, &a.files, a.dry_run, true, a.jobs, a.reuse)
+    if let Some(id) = &a.status {
+        return super::cluster::status(results, id);
+    }
+    if a.slurm {
+        return super::cluster::submit(results, &a.files, a.dry_run, a.reuse, &a.slurm_args);
+    }
+    let seeds = a.seeds.map_or(Seeds::AsWritten, Seeds::Count);
+    go(
+        results, &a.files, a.dry_run, true, a.jobs, seeds, true, a.reuse,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn go(
     results: &Path,
     files: &[PathBuf],
     dry_run: bool,
     resume: bool,
     jobs: usize,
+    seeds: Seeds,
+    skip_held: bool,
     reuse: ReuseMode,
 ) -> anyhow::Result<()> {
     let store = Store::new(results);
-    let exps = plan::load_all(files)?;
+    let exps = plan::load_with(files, seeds)?;
     let code = plan::code_state_here();
     if dry_run {
         let p = plan::plan(&store, &exps, &code, reuse)?;
@@ -105,6 +148,7 @@ fn go(
     store::install_signal_handler();
     let opts = ExecOptions {
         resume,
+        skip_held,
         reuse,
         ..Default::default()
     };
@@ -121,24 +165,9 @@ fn go(
     let outcomes = if side_by_side {
         crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results, reuse)?
     } else {
-        plan::sweep(&store, files, &code, runner.as_ref(), &opts)?
+        plan::sweep(&store, &exps, &code, runner.as_ref(), &opts)?
     };
-    println!("{:<40} {:<12} NOTE", "RUN", "STATE");
-    let mut failed = 0;
-    for o in &outcomes {
-        match o {
-            Ok(o) => println!("{:<40} {:<12} {}", o.run_id, o.state.to_string(), o.note),
-            Err((id, e)) => {
-                failed += 1;
-                let state = Store::new(results)
-                    .read_status(id)
-                    .map(|s| s.state.to_string())
-                    .unwrap_or_else(|_| "failed".into());
-                println!("{id:<40} {state:<12} {}", e.lines().next().unwrap_or(""));
-                eprintln!("{id}: {e}");
-            }
-        }
-    }
+    let failed = print_outcomes(results, &outcomes);
     println!("results in {}", results.display());
     // Where to look next: each run's report, and the leaderboard over every run.
     for o in outcomes.iter().flatten() {
@@ -156,4 +185,26 @@ fn go(
         anyhow::bail!("{failed} of {} runs did not complete", outcomes.len());
     }
     Ok(())
+}
+
+/// Prints the table of what became of each run (errors in full on stderr); returns how
+/// many did not complete here.
+pub fn print_outcomes(results: &Path, outcomes: &[Outcome]) -> usize {
+    println!("{:<40} {:<12} NOTE", "RUN", "STATE");
+    let mut failed = 0;
+    for o in outcomes {
+        match o {
+            Ok(o) => println!("{:<40} {:<12} {}", o.run_id, o.state.to_string(), o.note),
+            Err((id, e)) => {
+                failed += 1;
+                let state = Store::new(results)
+                    .read_status(id)
+                    .map(|s| s.state.to_string())
+                    .unwrap_or_else(|_| "failed".into());
+                println!("{id:<40} {state:<12} {}", e.lines().next().unwrap_or(""));
+                eprintln!("{id}: {e}");
+            }
+        }
+    }
+    failed
 }

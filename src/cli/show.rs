@@ -53,10 +53,14 @@ pub fn show(results: &Path, a: ShowArgs) -> anyhow::Result<()> {
     }
     for (name, st) in &s.stages {
         println!(
-            "{name}   {} (key {}, result of {}){}",
+            "{name}   {} (key {}, result of {}){}{}",
             st.state,
             &st.key[..12],
             st.run_id,
+            st.worker
+                .as_ref()
+                .map(|w| format!(", trained in {w}"))
+                .unwrap_or_default(),
             st.reused_across_code
                 .as_ref()
                 .map(|c| format!(

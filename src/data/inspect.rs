@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::samples::{builder, caption_paths, stage1_samples, stage2_samples, DataSpec};
+use super::instruct::Sources;
+use super::samples::{
+    builder, caption_paths, stage1_samples, stage2_data, stage2_samples, DataSpec,
+};
 use super::sequence::{Sequence, TextCodec, Truncation, IGNORE};
 use super::skips::SkipReport;
 use crate::rng::epoch_order;
@@ -30,6 +33,11 @@ pub struct SplitCheck {
     pub mean_tokens: f64,
     /// `(lo, hi, count)`; `hi = 0` means no upper bound.
     pub length_histogram: Vec<(usize, usize, usize)>,
+    /// `stage2/train` only: the records of `instruct_json` by source (first component of
+    /// the image name: `coco`, `gqa`, `ocr_vqa`, ... in mix665k), kept and skipped, before
+    /// the validation hold-out and the limit.
+    #[serde(skip_serializing_if = "Sources::is_empty")]
+    pub sources: Sources,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,6 +86,7 @@ fn summarize(
             total as f64 / seqs.len() as f64
         },
         length_histogram: hist,
+        sources: Sources::new(),
     }
 }
 
@@ -108,15 +117,22 @@ pub fn check(spec: &DataSpec, tok: &dyn TextCodec, decode: bool) -> anyhow::Resu
         ));
     }
     if spec.instruct_json.exists() {
-        let (train, val, skips) = stage2_samples(spec, decode).context("stage 2")?;
-        for (name, samples, skips) in [
-            ("stage2/train", train, skips),
-            ("stage2/val", val, SkipReport::default()),
+        let data = stage2_data(spec, decode).context("stage 2")?;
+        for (name, samples, skips, sources) in [
+            ("stage2/train", data.train, data.skips, data.sources),
+            (
+                "stage2/val",
+                data.val,
+                SkipReport::default(),
+                Sources::new(),
+            ),
         ] {
             let (seqs, seq_skips, tr) =
                 b.build_all(&samples, |b, c| b.conversation(c), |c| c.id.clone());
             let images = distinct_images(seqs.iter().filter_map(|s| s.image.as_ref()));
-            splits.push(summarize(name, &seqs, images, skips, seq_skips, tr));
+            let mut split = summarize(name, &seqs, images, skips, seq_skips, tr);
+            split.sources = sources;
+            splits.push(split);
         }
     }
     Ok(CheckReport {

@@ -1,9 +1,14 @@
-//! LLaVA instruction data (`llava_instruct_150k.json`), the stage-2 data.
+//! LLaVA instruction data (`llava_instruct_150k.json`, `llava_v1_5_mix665k.json`), the
+//! stage-2 data.
 //!
 //! Format: `[{"id": "000000033471", "image": "000000033471.jpg", "conversations":
 //! [{"from": "human", "value": "<image>\nWhat are the colors of the bus in the image?"},
 //! {"from": "gpt", "value": "The bus in the image is white and red."}, ...]}]`.
-//! `image` is relative to COCO's `train2017/`. `<image>` sits before or after the first
+//! `image` is relative to an image folder (LLaVA's `image_folder`): COCO's `train2017/`
+//! for Instruct150K; for mix665k the folder holding `coco/train2017`, `gqa/images`,
+//! `ocr_vqa/images`, `textvqa/train_images` and `vg/VG_100K(_2)`, whose first path
+//! component names the record's source ([`source_of`]). A record without `image` is a
+//! text-only conversation (mix665k's ShareGPT part). `<image>` sits before or after the first
 //! question; like LLaVA's `preprocess_multimodal` it is removed from the text and the image
 //! slot is placed at the start of the first question, so both spellings give the same
 //! sequence. Extra fields (e.g. the synthetic world's per-question `"type"`) are allowed.
@@ -14,12 +19,13 @@
 //! between runs or seeds. Caveat: those
 //! images are COCO train2017 images, whose captions stage 1 trained on.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::images::ImageRoot;
@@ -71,7 +77,41 @@ pub struct Conversation {
 pub struct ConversationSet {
     pub samples: Vec<Conversation>,
     pub skips: SkipReport,
+    /// Records per source ([`source_of`]): kept and skipped.
+    pub sources: Sources,
 }
+
+/// Where a record comes from: the first component of its image name (`coco`, `gqa`,
+/// `ocr_vqa`, `textvqa`, `vg` in mix665k), [`TOP_LEVEL`] for a bare file name
+/// (Instruct150K), [`TEXT_ONLY`] without an image.
+pub fn source_of(image: Option<&str>) -> String {
+    match image {
+        None => TEXT_ONLY.into(),
+        Some(name) => match name.split_once('/') {
+            Some((first, _)) if !first.is_empty() => first.to_string(),
+            _ => TOP_LEVEL.into(),
+        },
+    }
+}
+
+/// The source of records whose image name has no folder.
+pub const TOP_LEVEL: &str = "(top level)";
+/// The source of records without an image.
+pub const TEXT_ONLY: &str = "(text only)";
+/// The source of records too malformed to name their image.
+pub const UNREADABLE: &str = "(unreadable)";
+
+/// Records of one source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SourceCount {
+    /// Records that became samples.
+    pub kept: usize,
+    /// Records skipped (any reason).
+    pub skipped: usize,
+}
+
+/// Record counts by source, sorted by name.
+pub type Sources = BTreeMap<String, SourceCount>;
 
 enum Role {
     User,
@@ -98,11 +138,24 @@ pub fn load_instruct(json: &Path, images: &ImageRoot) -> anyhow::Result<Conversa
     let mut set = ConversationSet::default();
     for item in records.0 {
         match item {
-            Item::Ok(r) => match convert(r, images) {
-                Ok(c) => set.samples.push(c),
-                Err((reason, id)) => set.skips.add(reason, id),
-            },
-            Item::Bad { id, .. } => set.skips.add(SkipReason::Malformed, id),
+            Item::Ok(r) => {
+                let source = source_of(r.image.as_deref());
+                let count = set.sources.entry(source).or_default();
+                match convert(r, images) {
+                    Ok(c) => {
+                        count.kept += 1;
+                        set.samples.push(c)
+                    }
+                    Err((reason, id)) => {
+                        count.skipped += 1;
+                        set.skips.add(reason, id)
+                    }
+                }
+            }
+            Item::Bad { id, .. } => {
+                set.sources.entry(UNREADABLE.into()).or_default().skipped += 1;
+                set.skips.add(SkipReason::Malformed, id)
+            }
         }
     }
     Ok(set)

@@ -20,5 +20,6 @@ pub mod samples;
 pub mod sequence;
 pub mod skips;
 pub mod synth;
+pub mod synth_bench;
 
 pub use skips::{SkipReason, SkipReport};

@@ -6,9 +6,11 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 use super::coco::{self, CaptionSample};
 use super::images::{load_rgb, par_map, ImageRoot};
-use super::instruct::{self, Conversation};
+use super::instruct::{self, source_of, Conversation, Sources};
 use super::sequence::{ChatTemplate, SequenceBuilder, TextCodec};
 use super::skips::{SkipReason, SkipReport};
 use crate::config::Experiment;
@@ -20,8 +22,11 @@ use crate::rng::epoch_order;
 pub struct DataSpec {
     /// COCO root: `annotations/captions_{train,val}2017.json`, `train2017/`, `val2017/`.
     pub coco_root: PathBuf,
-    /// Instruct150K-format file; its images live in `coco_root/train2017`.
+    /// Instruct150K-format file (Instruct150K, mix665k, ...).
     pub instruct_json: PathBuf,
+    /// The folder `instruct_json`'s image names are relative to; `None`:
+    /// `coco_root/train2017` ([`DataSpec::image_folder`]).
+    pub image_folder: Option<PathBuf>,
     /// At most this many samples per stage (0 = all), chosen by [`limit`].
     pub stage1_limit: usize,
     pub stage2_limit: usize,
@@ -51,6 +56,7 @@ impl DataSpec {
         Ok(DataSpec {
             coco_root: d.coco_root.clone().into(),
             instruct_json: d.instruct_json.clone().into(),
+            image_folder: (!d.image_folder.is_empty()).then(|| d.image_folder.clone().into()),
             stage1_limit: d.stage1_limit as usize,
             stage2_limit: d.stage2_limit as usize,
             stage2_val: d.stage2_val as usize,
@@ -63,6 +69,15 @@ impl DataSpec {
             pad_id,
             seed: exp.seed,
         })
+    }
+}
+
+impl DataSpec {
+    /// Where stage 2's image names are looked up.
+    pub fn image_folder(&self) -> PathBuf {
+        self.image_folder
+            .clone()
+            .unwrap_or_else(|| self.coco_root.join("train2017"))
     }
 }
 
@@ -128,10 +143,25 @@ pub fn drop_undecodable_conversations(
     skips: &mut SkipReport,
     bad: &HashSet<PathBuf>,
 ) {
+    drop_undecodable_counted(samples, skips, &mut Sources::new(), bad)
+}
+
+/// [`drop_undecodable_conversations`], moving each dropped record of `sources` from kept to
+/// skipped.
+fn drop_undecodable_counted(
+    samples: &mut Vec<Conversation>,
+    skips: &mut SkipReport,
+    sources: &mut Sources,
+    bad: &HashSet<PathBuf>,
+) {
     samples.retain(|c| {
         let keep = c.image.as_ref().is_none_or(|p| !bad.contains(p));
         if !keep {
             skips.add(SkipReason::UndecodableImage, c.id.clone());
+            if let Some(n) = sources.get_mut(&source_of(c.image_name.as_deref())) {
+                n.kept = n.kept.saturating_sub(1);
+                n.skipped += 1;
+            }
         }
         keep
     });
@@ -160,11 +190,34 @@ pub fn stage2_samples(
     spec: &DataSpec,
     decode: bool,
 ) -> anyhow::Result<(Vec<Conversation>, Vec<Conversation>, SkipReport)> {
-    let root = ImageRoot::new(&spec.coco_root.join("train2017"))?;
+    let s = stage2_data(spec, decode)?;
+    Ok((s.train, s.val, s.skips))
+}
+
+/// Stage 2's conversations as [`stage2_data`] returns them.
+#[derive(Debug, Default)]
+pub struct Stage2Data {
+    pub train: Vec<Conversation>,
+    pub val: Vec<Conversation>,
+    /// Skips of `instruct_json`.
+    pub skips: SkipReport,
+    /// `instruct_json`'s records by source (before the hold-out and the limit).
+    pub sources: Sources,
+}
+
+/// [`stage2_samples`], with `instruct_json`'s records counted by source.
+pub fn stage2_data(spec: &DataSpec, decode: bool) -> anyhow::Result<Stage2Data> {
+    let folder = spec.image_folder();
+    let root = ImageRoot::new(&folder).with_context(|| {
+        format!(
+            "the image folder of {} (data.image_folder)",
+            spec.instruct_json.display()
+        )
+    })?;
     let mut set = instruct::load_instruct(&spec.instruct_json, &root)?;
     if decode {
         let bad = undecodable(set.samples.iter().filter_map(|c| c.image.clone()));
-        drop_undecodable_conversations(&mut set.samples, &mut set.skips, &bad);
+        drop_undecodable_counted(&mut set.samples, &mut set.skips, &mut set.sources, &bad);
     }
     let (train, val) = match &spec.instruct_val_json {
         None => instruct::holdout(set.samples, spec.stage2_val),
@@ -179,7 +232,12 @@ pub fn stage2_samples(
             (set.samples, v.samples)
         }
     };
-    Ok((limit(train, spec.stage2_limit, spec.seed), val, set.skips))
+    Ok(Stage2Data {
+        train: limit(train, spec.stage2_limit, spec.seed),
+        val,
+        skips: set.skips,
+        sources: set.sources,
+    })
 }
 
 /// The sequence builder the spec describes.

@@ -6,9 +6,11 @@
 //! `train2017/`, `val2017/` (JPEG), `annotations/captions_{train,val}2017.json`
 //! (5 paraphrases per image), `llava_instruct_150k.json` (train images, names relative to
 //! `train2017/`, like the real file), `llava_instruct_val.json` (val images, relative to
-//! `val2017/`), `synth.json` (the options). Every human turn carries an extra `"type"`
-//! (color, shape, count, count_kind, position, size, exists, background) so evaluation
-//! can score per type; the standard fields are untouched.
+//! `val2017/`), `synth.json` (the options), and small benchmark sets in the real formats
+//! under `bench/` ([`super::synth_bench`]: POPE-style and GQA-style, on val images).
+//! Every human turn carries an extra `"type"` (color, shape, count, count_kind, position,
+//! size, exists, background) so evaluation can score per type; the standard fields are
+//! untouched.
 //!
 //! Rules that keep answers exact: shapes in one picture have distinct colours and sit in
 //! distinct grid cells (never overlapping, position = the cell), questions that name a
@@ -443,10 +445,12 @@ pub struct SynthOptions {
 impl Default for SynthOptions {
     fn default() -> Self {
         Self {
-            images: 2000,
+            // 1,800 training pictures (the same as the earlier 2,000 at 0.1) and 450 val
+            // pictures: ~1,350 val questions, so QA can be scored on 1,000.
+            images: 2250,
             size: 224,
             seed: 0,
-            val_fraction: 0.1,
+            val_fraction: 0.2,
             threads: 0,
         }
     }
@@ -459,6 +463,8 @@ pub struct SynthSummary {
     pub captions: usize,
     pub conversations: usize,
     pub questions: usize,
+    /// The benchmark sets under `bench/` ([`super::synth_bench`]).
+    pub bench: super::synth_bench::BenchSummary,
 }
 
 /// Writes the world under `out`.
@@ -530,6 +536,9 @@ pub fn generate(out: &Path, o: &SynthOptions) -> anyhow::Result<SynthSummary> {
             "llava_instruct_val.json"
         };
         fs::write(out.join(instruct), serde_json::to_vec_pretty(&convs)?)?;
+    }
+    if n_val > 0 {
+        summary.bench = super::synth_bench::write_bench_sets(out, o, n_train)?;
     }
     fs::write(
         out.join("synth.json"),

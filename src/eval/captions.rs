@@ -174,7 +174,7 @@ fn lcs(a: &[&str], b: &[&str]) -> usize {
 }
 
 /// pycocoevalcap `Rouge.calc_score` for one image.
-fn rouge_l(cand: &str, refs: &[String]) -> f64 {
+pub(super) fn rouge_l(cand: &str, refs: &[String]) -> f64 {
     const BETA: f64 = 1.2;
     let c: Vec<&str> = cand.split(' ').collect();
     let (mut p_max, mut r_max) = (0.0f64, 0.0f64);

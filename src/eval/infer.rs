@@ -48,6 +48,19 @@ impl PromptLayout {
         ))?;
         Ok(Self { before, after })
     }
+
+    /// Stage 2 without an image (a text-only conversation's first turn): `system user
+    /// question assistant` in one piece, as training encodes it.
+    pub fn text_only(
+        tok: &dyn TextCodec,
+        template: &ChatTemplate,
+        question: &str,
+    ) -> Result<Vec<u32>> {
+        tok.encode(&format!(
+            "{}{}{}{}",
+            template.system, template.user, question, template.assistant
+        ))
+    }
 }
 
 /// Generates for image `i` with `layouts[i]`. `features`: `[images, patches, d_vision]`
@@ -109,6 +122,42 @@ pub fn generate_for_images<B: crate::model::lora::QLoraBackend>(
     }
     out.into_iter()
         .map(|g| g.expect("every image generated"))
+        .collect()
+}
+
+/// Generates for text prompts (token ids, no image). Prompts of equal length run together
+/// in batches of at most `batch_size` rows; results come back in input order.
+pub fn generate_for_text<B: crate::model::lora::QLoraBackend>(
+    lm: &Phi<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<Generated> {
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        groups.entry(p.len()).or_default().push(i);
+    }
+    let mut out: Vec<Option<Generated>> = vec![None; prompts.len()];
+    for (len, members) in groups {
+        for chunk in members.chunks(batch_size.max(1)) {
+            let ids: Vec<i64> = chunk
+                .iter()
+                .flat_map(|&i| prompts[i].iter().map(|&t| t as i64))
+                .collect();
+            let ids =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [chunk.len(), len]), device);
+            let streams: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+            for (g, &i) in generate_streams(lm, lm.embed(ids), opts, &streams)
+                .into_iter()
+                .zip(chunk)
+            {
+                out[i] = Some(g);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|g| g.expect("every prompt generated"))
         .collect()
 }
 

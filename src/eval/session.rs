@@ -190,7 +190,7 @@ impl Session {
     }
 
     /// The end token generation stops at: the template's single end token, else eos.
-    fn answer_eos(&self) -> Option<u32> {
+    pub fn answer_eos(&self) -> Option<u32> {
         match self.end.as_slice() {
             [one] => Some(*one),
             _ => self.tok.eos_id,

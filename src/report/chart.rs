@@ -1,5 +1,5 @@
-//! Line charts drawn with plotters, to an SVG string (inlined in the HTML) or a PNG (for
-//! slides). Text goes through plotters' ab_glyph path with a font compiled into the binary,
+//! Line charts and interval charts (points with interval bars) drawn with plotters, to an
+//! SVG string (inlined in the HTML) or a PNG (for slides). Text goes through plotters' ab_glyph path with a font compiled into the binary,
 //! so charts render the same on a machine with no fonts and never ask fontconfig.
 
 use std::path::Path;
@@ -35,6 +35,9 @@ pub enum LineKind {
     Solid,
     /// Few points (validation, evaluation): solid with markers.
     Markers,
+    /// A filled translucent area: `points` run along its upper edge left to right, then
+    /// along its lower edge back (a group's min/max band around its mean line).
+    Band,
 }
 
 #[derive(Debug, Clone)]
@@ -113,13 +116,7 @@ impl Chart {
     /// Writes the chart as a PNG (encoded by `image`, so plotters needs no encoder).
     pub fn write_png(&self, path: &Path) -> Result<()> {
         let (w, h, buf) = self.to_rgb()?;
-        crate::fsutil::write_atomic_with(path, |f| {
-            let mut out = std::io::BufWriter::new(f);
-            let enc = image::codecs::png::PngEncoder::new(&mut out);
-            image::ImageEncoder::write_image(enc, &buf, w, h, image::ExtendedColorType::Rgb8)?;
-            std::io::Write::flush(&mut out)?;
-            Ok(())
-        })
+        png(path, w, h, &buf)
     }
 
     fn bounds(&self) -> (f64, f64, f64, f64, bool) {
@@ -191,9 +188,18 @@ impl Chart {
                     .map_err(err)?;
                 for line in &self.lines {
                     let c = RGBColor(line.color.0, line.color.1, line.color.2);
+                    if line.kind == LineKind::Band {
+                        chart
+                            .draw_series(std::iter::once(Polygon::new(
+                                line.points.clone(),
+                                c.mix(0.18).filled(),
+                            )))
+                            .map_err(err)?;
+                        continue;
+                    }
                     let style = match line.kind {
                         LineKind::Raw => c.mix(0.25).stroke_width(px(1.0)),
-                        LineKind::Solid | LineKind::Markers => c.stroke_width(px(2.0)),
+                        _ => c.stroke_width(px(2.0)),
                     };
                     let pts = line.points.iter().copied();
                     let series = if line.kind == LineKind::Markers {
@@ -300,6 +306,193 @@ impl Chart {
     }
 }
 
+/// Anything a report page inlines as SVG and writes beside it as a PNG.
+pub trait Figure: Sync {
+    /// File stem of the PNG, unique within a page.
+    fn id(&self) -> &str;
+    fn to_svg(&self) -> Result<String>;
+    fn write_png(&self, path: &Path) -> Result<()>;
+}
+
+impl Figure for Chart {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn to_svg(&self) -> Result<String> {
+        Chart::to_svg(self)
+    }
+    fn write_png(&self, path: &Path) -> Result<()> {
+        Chart::write_png(self, path)
+    }
+}
+
+/// One row of an [`IntervalChart`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalRow {
+    pub label: String,
+    pub value: f64,
+    /// The interval, when there is one (a run without per-item data has none).
+    pub interval: Option<(f64, f64)>,
+    pub color: (u8, u8, u8),
+}
+
+/// Points with interval bars, one row per run or group, top to bottom (a forest plot):
+/// the labels stay readable however many rows there are.
+#[derive(Debug, Clone)]
+pub struct IntervalChart {
+    pub id: String,
+    pub title: String,
+    pub x_label: String,
+    pub rows: Vec<IntervalRow>,
+}
+
+impl IntervalChart {
+    /// Width as the line charts; height grows with the rows.
+    pub fn size(&self) -> (u32, u32) {
+        (SVG_SIZE.0, 110 + 30 * self.rows.len().max(1) as u32)
+    }
+
+    fn bounds(&self) -> (f64, f64) {
+        let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+        for r in &self.rows {
+            let (a, b) = r.interval.unwrap_or((r.value, r.value));
+            for v in [r.value, a, b] {
+                if v.is_finite() {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+            }
+        }
+        if lo > hi {
+            return (0.0, 1.0);
+        }
+        let pad = if hi - lo > 1e-12 {
+            (hi - lo) * 0.08
+        } else {
+            lo.abs().max(1.0) * 0.05
+        };
+        (lo - pad, hi + pad)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>, scale: f64) -> Result<()> {
+        let px = |v: f64| (v * scale).round() as u32;
+        let font = |size: f64| (FAMILY, size * scale).into_font();
+        root.fill(&WHITE).map_err(err)?;
+        let n = self.rows.len().max(1);
+        let (x0, x1) = self.bounds();
+        let longest = self
+            .rows
+            .iter()
+            .map(|r| r.label.chars().count())
+            .max()
+            .unwrap_or(4);
+        let labels: Vec<String> = self.rows.iter().map(|r| r.label.clone()).collect();
+        // Row i sits at y = n - 1 - i, so the first row is on top.
+        let row_label = |v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                labels.get(n - 1 - i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, font(20.0))
+            .margin(px(10.0))
+            .margin_right(px(28.0))
+            .x_label_area_size(px(45.0))
+            .y_label_area_size(px((longest as f64 * 7.5 + 16.0).clamp(60.0, 320.0)))
+            .build_cartesian_2d(x0..x1, -0.5..n as f64 - 0.5)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .x_desc(self.x_label.as_str())
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&row_label)
+            .label_style(font(13.0))
+            .axis_desc_style(font(15.0))
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(215, 215, 215))
+            .draw()
+            .map_err(err)?;
+        let cap = 0.18;
+        for (i, r) in self.rows.iter().enumerate() {
+            let y = (n - 1 - i) as f64;
+            let c = RGBColor(r.color.0, r.color.1, r.color.2);
+            let stroke = c.stroke_width(px(2.0));
+            if let Some((lo, hi)) = r.interval {
+                let segs = [
+                    vec![(lo, y), (hi, y)],
+                    vec![(lo, y - cap), (lo, y + cap)],
+                    vec![(hi, y - cap), (hi, y + cap)],
+                ];
+                chart
+                    .draw_series(segs.into_iter().map(|s| PathElement::new(s, stroke)))
+                    .map_err(err)?;
+            }
+            if r.value.is_finite() {
+                chart
+                    .draw_series(std::iter::once(Circle::new(
+                        (r.value, y),
+                        px(5.0) as i32,
+                        c.filled(),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+        root.present().map_err(err)?;
+        Ok(())
+    }
+
+    pub fn to_svg(&self) -> Result<String> {
+        ensure_font();
+        let mut s = String::new();
+        {
+            let root = SVGBackend::with_string(&mut s, self.size()).into_drawing_area();
+            self.draw(root, 1.0)?;
+        }
+        Ok(s)
+    }
+
+    /// RGB pixels at `PNG_SCALE` times the SVG size.
+    pub fn to_rgb(&self) -> Result<(u32, u32, Vec<u8>)> {
+        ensure_font();
+        let (w, h) = (self.size().0 * PNG_SCALE, self.size().1 * PNG_SCALE);
+        let mut buf = vec![0u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            self.draw(root, PNG_SCALE as f64)?;
+        }
+        Ok((w, h, buf))
+    }
+}
+
+impl Figure for IntervalChart {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn to_svg(&self) -> Result<String> {
+        IntervalChart::to_svg(self)
+    }
+    fn write_png(&self, path: &Path) -> Result<()> {
+        let (w, h, buf) = self.to_rgb()?;
+        png(path, w, h, &buf)
+    }
+}
+
+/// Writes RGB pixels as a PNG (encoded by `image`, so plotters needs no encoder).
+fn png(path: &Path, w: u32, h: u32, buf: &[u8]) -> Result<()> {
+    crate::fsutil::write_atomic_with(path, |f| {
+        let mut out = std::io::BufWriter::new(f);
+        let enc = image::codecs::png::PngEncoder::new(&mut out);
+        image::ImageEncoder::write_image(enc, buf, w, h, image::ExtendedColorType::Rgb8)?;
+        std::io::Write::flush(&mut out)?;
+        Ok(())
+    })
+}
+
 /// The legend box every chart uses (top right, translucent), sized by `scale`.
 fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
@@ -323,7 +516,9 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// Compact tick labels: `0.25`, `1.5k`, `3.00e-4`.
 pub fn tick(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
+    // Plotters steps ticks by repeated addition: a tick meant as 0 can come out as
+    // -5.55e-17. No plotted quantity is this small.
+    if a < 1e-15 {
         "0".into()
     } else if !(1e-2..1e6).contains(&a) {
         // Two decimals: ticks of a narrow range (an lr near 1e-3) stay distinct.
@@ -345,6 +540,12 @@ mod tests {
     #[test]
     fn ticks_are_compact_and_distinct() {
         assert_eq!(tick(0.0), "0");
+        assert_eq!(
+            tick(-5.551115123125783e-17),
+            "0",
+            "a zero tick's rounding error"
+        );
+        assert_eq!(tick(1e-8), "1.00e-8");
         assert_eq!(tick(0.25), "0.25");
         assert_eq!(tick(20_000.0), "20k");
         assert_eq!(tick(12_500.0), "12.5k");

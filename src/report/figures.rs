@@ -212,6 +212,9 @@ pub fn run_charts(curves: &[Curve], o: &ChartOptions) -> Vec<Chart> {
     }
     groups
         .into_iter()
+        // A family of single values (a final validation loss, the eval scores) is a table
+        // on the page, not a chart of one bar each.
+        .filter(|(_, cs)| cs.iter().any(|c| c.points.len() > 1))
         .map(|((stage, _, fam), cs)| {
             // All single points: one bar series per split, the metrics as categories.
             let bars = cs.iter().all(|c| c.points.len() <= 1);
@@ -244,9 +247,62 @@ pub fn run_charts(curves: &[Curve], o: &ChartOptions) -> Vec<Chart> {
 /// A comparison's charts: per stage, split and metric, the runs overlaid in their fixed
 /// colours; evaluation scores of single points as grouped bars per family.
 pub fn compare_charts(runs: &[(String, &[Curve])], o: &ChartOptions) -> Vec<Chart> {
+    let banded: Vec<(String, &[Curve], &[series::Band])> =
+        runs.iter().map(|(l, c)| (l.clone(), *c, &[][..])).collect();
+    compare_charts_banded(&banded, o)
+}
+
+/// [`compare_charts`] where a subject may be a group: its curves are the mean over its
+/// runs, drawn over the min/max band of the runs in the same colour.
+pub fn compare_charts_banded(
+    runs: &[(String, &[Curve], &[series::Band])],
+    o: &ChartOptions,
+) -> Vec<Chart> {
+    let mut charts = compare_charts_of(runs, o);
+    for chart in &mut charts {
+        if !chart.bars.is_empty() {
+            continue;
+        }
+        let key = chart.id.clone();
+        let mut under = vec![];
+        for (i, (_, _, bands)) in runs.iter().enumerate() {
+            for b in bands.iter() {
+                if slug(&format!("{}-{}-{}", b.stage, b.split, b.metric)) == key {
+                    let (_, factor) = unit(family(&b.metric));
+                    // An even subset is enough for a translucent area.
+                    let every = b.points.len().div_ceil(2 * o.buckets.max(1)).max(1);
+                    let mut kept: Vec<(f64, f64, f64)> =
+                        b.points.iter().step_by(every).copied().collect();
+                    if kept.last() != b.points.last() {
+                        kept.extend(b.points.last());
+                    }
+                    let thin = series::Band {
+                        points: kept,
+                        ..b.clone()
+                    };
+                    under.push(Line {
+                        label: None,
+                        color: chart::color(i),
+                        kind: LineKind::Band,
+                        points: thin
+                            .outline()
+                            .into_iter()
+                            .map(|(x, y)| (x, y * factor))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        under.append(&mut chart.lines);
+        chart.lines = under;
+    }
+    charts
+}
+
+fn compare_charts_of(runs: &[(String, &[Curve], &[series::Band])], o: &ChartOptions) -> Vec<Chart> {
     // Key: stage, family rank, split, metric (a family when drawn as bars).
     let mut groups: BTreeMap<(String, usize, String, String), Vec<Member>> = BTreeMap::new();
-    for (i, (label, curves)) in runs.iter().enumerate() {
+    for (i, (label, curves, _)) in runs.iter().enumerate() {
         for c in curves.iter().filter(|c| !is_count(c)) {
             let fam = family(&c.metric);
             let sparse_eval = c.split == "eval" && c.points.len() <= 1;

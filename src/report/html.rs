@@ -121,6 +121,10 @@ pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:8px;overflow:auto;max-he
 .err{color:#c0392b;white-space:pre-wrap}.muted{color:#777}.up{color:#c0392b}.down{color:#2a8a3a}
 .swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;vertical-align:-1px}
 img.thumb{max-width:160px;max-height:160px;display:block}
+.ci{color:#666;font-size:11px;white-space:nowrap}.mark{margin-left:3px;font-weight:bold}
+.mark.best{color:#2a8a3a}.mark.noise{color:#1f77b4}.mark.sig,.verdict.sig{color:#c0392b}
+.verdict.sig{font-weight:bold}.verdict.noise{color:#1f77b4}
+details summary{cursor:pointer}details table{margin:4px 0}
 "#;
 
 /// Click a header to sort by that column; cells with `data-v` sort as numbers, empty

@@ -6,8 +6,10 @@
 //! - [`compare::write`]: `harness compare A B ...`;
 //! - [`leaderboard`]: `harness report` with no run (`reports/index.html`, Markdown, CSV).
 //!
-//! Pieces: `series` (grouping, smoothing, downsampling), `chart` (plotters, embedded
-//! font), `figures` (which charts, units), `html` (escaping, page), `sections`, `data`.
+//! Pieces: `series` (grouping, smoothing, downsampling, a group's mean and band), `chart`
+//! (plotters, embedded font; line charts and interval charts), `figures` (which charts,
+//! units), `html` (escaping, page), `sections`, `data`, `subjects` (a run or a group of
+//! seeds, each eval metric with its interval, differences with a verdict).
 
 pub mod chart;
 pub mod compare;
@@ -18,6 +20,7 @@ pub mod leaderboard;
 pub mod run_page;
 pub mod sections;
 pub mod series;
+pub mod subjects;
 
 use std::path::{Path, PathBuf};
 

@@ -1,21 +1,24 @@
 //! Page sections shared by run reports and comparisons. Each returns HTML in which every
 //! value from a run has been escaped.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 
-use super::chart::Chart;
+use super::chart::Figure;
 use super::data::{self, RunData};
 use super::figures::is_count;
 use super::html::{badge, esc, href, num, num_cell, table, td};
+use super::subjects::{self, Estimate};
+use crate::eval::intervals::is_headline_key;
 use crate::store::Store;
 
 /// Renders charts inline as SVG and writes each as `<png_dir>/<id>.png`; the PNG links are
 /// `png_href` + file name. PNGs from an earlier rendering that are no longer drawn are
 /// removed, so the folder always matches the page.
-pub fn charts(charts: &[Chart], png_dir: &Path, png_href: &str) -> Result<String> {
+pub fn charts<F: Figure>(charts: &[F], png_dir: &Path, png_href: &str) -> Result<String> {
     std::fs::create_dir_all(png_dir)?;
     // Charts are independent: draw them on all cores.
     let rendered: Vec<Result<String>> = std::thread::scope(|s| {
@@ -29,7 +32,7 @@ pub fn charts(charts: &[Chart], png_dir: &Path, png_href: &str) -> Result<String
                 s.spawn(move || {
                     part.iter()
                         .map(|c| {
-                            c.write_png(&png_dir.join(format!("{}.png", c.id)))?;
+                            c.write_png(&png_dir.join(format!("{}.png", c.id())))?;
                             c.to_svg()
                         })
                         .collect::<Vec<_>>()
@@ -41,7 +44,7 @@ pub fn charts(charts: &[Chart], png_dir: &Path, png_href: &str) -> Result<String
             .flat_map(|h| h.join().expect("chart thread"))
             .collect()
     });
-    let keep: Vec<String> = charts.iter().map(|c| format!("{}.png", c.id)).collect();
+    let keep: Vec<String> = charts.iter().map(|c| format!("{}.png", c.id())).collect();
     for e in std::fs::read_dir(png_dir)?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if name.ends_with(".png") && !keep.contains(&name) {
@@ -56,9 +59,9 @@ pub fn charts(charts: &[Chart], png_dir: &Path, png_href: &str) -> Result<String
         let _ = write!(
             s,
             "<figure class=\"chart\" id=\"chart-{}\">{}<figcaption><a href=\"{}\">PNG</a></figcaption></figure>",
-            esc(&c.id),
+            esc(c.id()),
             svg?,
-            href(&format!("{png_href}{}.png", c.id))
+            href(&format!("{png_href}{}.png", c.id()))
         );
     }
     s.push_str("</div>");
@@ -183,6 +186,145 @@ pub fn status(r: &RunData) -> String {
         ));
     }
     s
+}
+
+/// `[low, high]` of an interval, or a dash.
+pub fn interval_text(low: Option<f64>, high: Option<f64>) -> String {
+    match (low, high) {
+        (Some(l), Some(h)) => format!("[{}, {}]", num(l), num(h)),
+        _ => "-".into(),
+    }
+}
+
+/// Eval metrics with their intervals: headline metrics in a table, the rest folded away.
+pub fn results(estimates: &BTreeMap<String, Estimate>) -> String {
+    if estimates.is_empty() {
+        return "<p class=\"muted\">No evaluation scores recorded.</p>".into();
+    }
+    let keys = subjects::ordered(estimates.keys().cloned());
+    let row = |k: &String| {
+        let e = &estimates[k];
+        format!(
+            "{}{}<td class=\"n ci\">{}</td><td class=\"muted\">{}</td>",
+            td(k),
+            num_cell(Some(e.value)),
+            esc(&interval_text(e.low, e.high)),
+            esc(&e.how)
+        )
+    };
+    let header = ["metric", "value", "95% interval", "how"];
+    let (head, rest): (Vec<&String>, Vec<&String>) = keys.iter().partition(|k| is_headline_key(k));
+    let mut s = table(
+        "results",
+        &header,
+        &head.iter().map(|k| row(k)).collect::<Vec<_>>(),
+    );
+    if !rest.is_empty() {
+        let _ = write!(
+            s,
+            "<details><summary>{} more eval metrics (BLEU-1..3, ROUGE-L, per question type)</summary>{}</details>",
+            rest.len(),
+            table("results more", &header, &rest.iter().map(|k| row(k)).collect::<Vec<_>>())
+        );
+    }
+    s
+}
+
+/// Metrics logged once (a final validation loss, a perplexity) outside evaluation: a table
+/// rather than a chart of one bar each.
+pub fn single_values(r: &RunData) -> String {
+    let rows: Vec<String> = r
+        .curves
+        .iter()
+        .filter(|c| !is_count(c) && c.points.len() == 1 && c.split != "eval")
+        .filter_map(|c| {
+            let (step, v) = c.last()?;
+            Some(format!(
+                "{}{}{}<td class=\"n\">{step}</td>{}",
+                td(&c.stage),
+                td(&c.split),
+                td(&c.metric),
+                num_cell(Some(v))
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(
+        "single",
+        &["stage", "split", "metric", "step", "value"],
+        &rows,
+    )
+}
+
+/// The experiment in brief: what was trained on what, with which sizes.
+pub fn config_brief(r: &RunData) -> String {
+    let Some(e) = &r.experiment else {
+        return "<p class=\"muted\">No run.toml.</p>".into();
+    };
+    let kind = |v: serde_json::Result<serde_json::Value>| {
+        v.ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    let steps = |o: &crate::config::StageConfig| {
+        if o.max_steps > 0 {
+            format!("{} steps", o.max_steps)
+        } else {
+            format!("{} epochs", o.epochs)
+        }
+    };
+    let s2 = &e.stage2;
+    let fields = [
+        ("vision tower", e.model.vision.clone()),
+        (
+            "projector",
+            format!(
+                "{} depth {}",
+                kind(serde_json::to_value(e.model.projector)),
+                e.model.projector_depth
+            ),
+        ),
+        ("language model", e.model.lm.clone()),
+        ("seed", e.seed.to_string()),
+        (
+            "stage 1",
+            format!(
+                "{}, batch {} x {}, lr {}",
+                steps(&e.stage1),
+                e.stage1.batch,
+                e.stage1.grad_accum,
+                e.stage1.lr
+            ),
+        ),
+        (
+            "stage 2",
+            format!(
+                "{}, batch {} x {}, LoRA rank {} alpha {} ({}), lr {} / projector {}",
+                steps(&s2.opt),
+                s2.opt.batch,
+                s2.opt.grad_accum,
+                s2.lora_rank,
+                s2.lora_alpha,
+                kind(serde_json::to_value(s2.quant)),
+                s2.opt.lr,
+                s2.projector_lr
+            ),
+        ),
+        (
+            "evaluation",
+            format!(
+                "captions of {} val images, {} QA questions",
+                e.eval.caption_images, e.eval.qa_samples
+            ),
+        ),
+    ];
+    let rows: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("<th>{}</th>{}", esc(k), td(v)))
+        .collect();
+    table("brief", &["", ""], &rows)
 }
 
 /// `reused across a code change from commit X (the code differs in ...)`: a stage that

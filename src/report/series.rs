@@ -51,6 +51,77 @@ pub fn curves(rows: &[Row]) -> Vec<Curve> {
         .collect()
 }
 
+/// The spread of a group's curve: at each step, the lowest and highest of its runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Band {
+    pub stage: String,
+    pub split: String,
+    pub metric: String,
+    /// `(step, min, max)`, sorted by step.
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+impl Band {
+    /// The band as a closed outline: the upper edge left to right, the lower edge back.
+    pub fn outline(&self) -> Vec<(f64, f64)> {
+        let upper = self.points.iter().map(|&(x, _, hi)| (x, hi));
+        let lower = self.points.iter().rev().map(|&(x, lo, _)| (x, lo));
+        upper.chain(lower).collect()
+    }
+}
+
+/// A group's curves: for every (stage, split, metric) that all runs have, the mean over the
+/// runs at each step they all logged, with the min/max band around it.
+pub fn aggregate(runs: &[&[Curve]]) -> (Vec<Curve>, Vec<Band>) {
+    let (mut means, mut bands) = (vec![], vec![]);
+    let Some(first) = runs.first() else {
+        return (means, bands);
+    };
+    for c in first.iter() {
+        let same: Vec<&Curve> = runs
+            .iter()
+            .filter_map(|cs| {
+                cs.iter()
+                    .find(|o| o.stage == c.stage && o.split == c.split && o.metric == c.metric)
+            })
+            .collect();
+        if same.len() != runs.len() {
+            continue;
+        }
+        // Steps every run logged (x values are whole steps, compared exactly).
+        let maps: Vec<BTreeMap<u64, f64>> = same
+            .iter()
+            .map(|o| o.points.iter().map(|&(x, y)| (x.to_bits(), y)).collect())
+            .collect();
+        let (mut mean, mut band) = (vec![], vec![]);
+        for &(x, _) in &c.points {
+            let ys: Option<Vec<f64>> = maps.iter().map(|m| m.get(&x.to_bits()).copied()).collect();
+            if let Some(ys) = ys {
+                let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                mean.push((x, ys.iter().sum::<f64>() / ys.len() as f64));
+                band.push((x, lo, hi));
+            }
+        }
+        if mean.is_empty() {
+            continue;
+        }
+        means.push(Curve {
+            stage: c.stage.clone(),
+            split: c.split.clone(),
+            metric: c.metric.clone(),
+            points: mean,
+        });
+        bands.push(Band {
+            stage: c.stage.clone(),
+            split: c.split.clone(),
+            metric: c.metric.clone(),
+            points: band,
+        });
+    }
+    (means, bands)
+}
+
 /// Exponential moving average with bias correction (as in Adam and TensorBoard): the
 /// first values are not dragged towards zero. `weight` is the share kept from the past
 /// (0.9 smooths over roughly ten points).
@@ -202,6 +273,29 @@ mod tests {
         assert_eq!(
             m.iter().map(|p| p.1).collect::<Vec<_>>(),
             [0.0, 0.5, 1.5, 2.5]
+        );
+    }
+
+    #[test]
+    fn aggregate_takes_mean_and_min_max_over_common_steps() {
+        let c = |pts: &[(f64, f64)]| Curve {
+            stage: "stage1".into(),
+            split: "train".into(),
+            metric: "loss".into(),
+            points: pts.to_vec(),
+        };
+        let a = [c(&[(1.0, 1.0), (2.0, 3.0), (3.0, 5.0)])];
+        let b = [c(&[(1.0, 3.0), (2.0, 1.0)])];
+        let (m, bands) = aggregate(&[&a, &b]);
+        assert_eq!(
+            m[0].points,
+            [(1.0, 2.0), (2.0, 2.0)],
+            "step 3 is not in both"
+        );
+        assert_eq!(bands[0].points, [(1.0, 1.0, 3.0), (2.0, 1.0, 3.0)]);
+        assert_eq!(
+            bands[0].outline(),
+            [(1.0, 3.0), (2.0, 3.0), (2.0, 1.0), (1.0, 1.0)]
         );
     }
 

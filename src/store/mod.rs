@@ -8,13 +8,19 @@
 //! owner's heartbeat (refreshed in `status.json` every few seconds) is older than the
 //! heartbeat timeout; a stale claim may be taken over by exactly one claimant.
 //!
-//! Beside the store itself: [`metrics`] (the Parquet metrics table), [`provenance`] (the
-//! git identity and environment of a run) and [`runs`] (one-line summaries for `ls`,
-//! `show` and the reports).
+//! Beside the store itself: [`metrics`] (the Parquet metrics table), [`items`] (per-item
+//! evaluation results), [`provenance`] (the git identity and environment of a run),
+//! [`runs`] (one-line summaries for `ls`, `show` and the reports), [`groups`] (runs that
+//! differ only in their seed), [`worker`] (who ran a stage: host, Slurm task, log) and
+//! [`lease`] (the same kind of lock for work outside any run, like building a backbone).
 
+pub mod groups;
+pub mod items;
+pub mod lease;
 pub mod metrics;
 pub mod provenance;
 pub mod runs;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, create_exclusive, now_rfc3339, now_s, read_json, write_json};
@@ -61,6 +67,9 @@ pub struct StageStatus {
     pub run_id: String,
     pub started: Option<String>,
     pub ended: Option<String>,
+    /// Who trained it (this run's own stages; a reused stage's trainer is in its source run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<worker::WorkerInfo>,
     /// Set when `--reuse config` reused a result that other code trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_across_code: Option<CodeChange>,
@@ -155,6 +164,7 @@ pub struct Status {
 /// What a claim file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClaimInfo {
+    /// The run it is for (for a [`lease::Lease`], what the lease is for).
     pub run_id: String,
     pub pid: u32,
     pub host: String,
@@ -173,6 +183,87 @@ impl ClaimInfo {
             token: format!("{}-{}-{}", fsutil::hostname(), std::process::id(), now_s()),
         }
     }
+}
+
+/// The error of [`Store::claim_run`] when another live process holds the run: callers that
+/// share a sweep with other workers skip such a run instead of failing.
+#[derive(Debug, thiserror::Error)]
+#[error("run {run_id} is claimed by pid {} on {} (lock {}); it is still alive", owner.pid, owner.host, lock.display())]
+pub struct ClaimHeld {
+    pub run_id: String,
+    pub owner: ClaimInfo,
+    pub lock: PathBuf,
+}
+
+/// The heartbeat timeout in seconds: `HARNESS_HEARTBEAT_TIMEOUT` when set to a number,
+/// else [`DEFAULT_HEARTBEAT_TIMEOUT_S`].
+pub fn heartbeat_timeout_s() -> f64 {
+    std::env::var("HARNESS_HEARTBEAT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT_S)
+}
+
+/// Whether the owner of a claim (`host`, `pid`, last heartbeat) is gone: a dead pid on this
+/// host, or a heartbeat older than `timeout_s` anywhere.
+pub fn owner_gone(host: &str, pid: u32, heartbeat_s: f64, timeout_s: f64) -> bool {
+    (host == fsutil::hostname() && !fsutil::pid_alive(pid)) || now_s() - heartbeat_s > timeout_s
+}
+
+/// Tries to take the claim file `lock` as `mine`: `Ok(Err(holder))` when a live owner holds
+/// it (`stale` judges that), returned so callers can say who. A stale claim is replaced by
+/// exactly one claimant: only the one who creates `<lock>.steal` may, and only while the
+/// claim is still the one it judged stale.
+pub(crate) fn claim_file(
+    lock: &Path,
+    mine: ClaimInfo,
+    stale: impl Fn(&ClaimInfo) -> bool,
+    timeout_s: f64,
+) -> Result<Result<ClaimInfo, ClaimInfo>> {
+    fs::create_dir_all(lock.parent().unwrap())?;
+    let bytes = serde_json::to_vec(&mine)?;
+    if create_exclusive(lock, &bytes)? {
+        return Ok(Ok(mine));
+    }
+    let held: ClaimInfo = match read_json(lock) {
+        Ok(h) => h,
+        // A claim file is written in one small write right after creation; unreadable
+        // means it is being written now.
+        Err(_) => {
+            return Ok(Err(ClaimInfo {
+                token: String::new(),
+                ..mine
+            }))
+        }
+    };
+    if !stale(&held) {
+        return Ok(Err(held));
+    }
+    let steal = lock.with_extension("steal");
+    if !create_exclusive(&steal, &bytes)? {
+        let age = fs::metadata(&steal)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default().as_secs_f64())
+            .unwrap_or(0.0);
+        if age > timeout_s {
+            let _ = fs::remove_file(&steal); // its taker died mid-takeover
+        }
+        return Ok(Err(held));
+    }
+    let result = (|| {
+        let again: Option<ClaimInfo> = read_json(lock).ok();
+        if again.as_ref().map(|a| a.token.as_str()) != Some(held.token.as_str()) {
+            return Ok(Err(again.unwrap_or(held.clone())));
+        }
+        fs::remove_file(lock)?;
+        if create_exclusive(lock, &bytes)? {
+            Ok(Ok(mine.clone()))
+        } else {
+            Ok(Err(read_json(lock).unwrap_or(held.clone())))
+        }
+    })();
+    let _ = fs::remove_file(&steal);
+    result
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -209,13 +300,9 @@ impl Store {
     /// Opens (without creating) the store; the timeout comes from
     /// `HARNESS_HEARTBEAT_TIMEOUT` (seconds) when set.
     pub fn new(root: &Path) -> Self {
-        let timeout = std::env::var("HARNESS_HEARTBEAT_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT_S);
         Store {
             root: root.to_path_buf(),
-            heartbeat_timeout_s: timeout,
+            heartbeat_timeout_s: heartbeat_timeout_s(),
         }
     }
 
@@ -262,69 +349,50 @@ impl Store {
     }
 
     fn owner_gone(&self, host: &str, pid: u32, heartbeat_s: f64) -> bool {
-        (host == fsutil::hostname() && !fsutil::pid_alive(pid))
-            || now_s() - heartbeat_s > self.heartbeat_timeout_s
+        owner_gone(host, pid, heartbeat_s, self.heartbeat_timeout_s)
     }
 
     /// Whether the claim described by `info` no longer has a live owner.
     fn claim_stale(&self, info: &ClaimInfo) -> bool {
+        // The run's heartbeat speaks for this claim only while the claim's owner writes the
+        // status: once another worker took the run over, a claim the dead owner left (its
+        // stage lock) would otherwise look alive on the new owner's heartbeat forever.
         let beat = self
             .read_status(&info.run_id)
-            .map(|s| s.heartbeat_s)
-            .unwrap_or(info.created_s);
+            .ok()
+            .filter(|s| s.pid == info.pid && s.host == info.host)
+            .map_or(info.created_s, |s| s.heartbeat_s);
         // A claim made after the status was last written (a resume) counts from its creation.
         self.owner_gone(&info.host, info.pid, beat.max(info.created_s))
     }
 
-    /// Tries to take the claim file at `lock` for `run_id`. `Ok(None)` when a live owner
-    /// holds it (returned so callers can say who).
+    /// Tries to take the claim file at `lock` for `run_id`; `Ok(Err(holder))` when a live
+    /// owner holds it.
     fn try_claim(&self, lock: &Path, run_id: &str) -> Result<Result<ClaimInfo, ClaimInfo>> {
-        fs::create_dir_all(lock.parent().unwrap())?;
-        let mine = ClaimInfo::mine(run_id);
-        let bytes = serde_json::to_vec(&mine)?;
-        if create_exclusive(lock, &bytes)? {
-            return Ok(Ok(mine));
-        }
-        let held: ClaimInfo = match read_json(lock) {
-            Ok(h) => h,
-            // A claim file is written in one small write right after creation; unreadable
-            // means it is being written now.
-            Err(_) => {
-                return Ok(Err(ClaimInfo {
-                    token: String::new(),
-                    ..mine
-                }))
-            }
-        };
-        if !self.claim_stale(&held) {
-            return Ok(Err(held));
-        }
-        // Takeover: only the one who creates `<lock>.steal` may replace the stale claim.
-        let steal = lock.with_extension("steal");
-        if !create_exclusive(&steal, &bytes)? {
-            let age = fs::metadata(&steal)
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default().as_secs_f64())
-                .unwrap_or(0.0);
-            if age > self.heartbeat_timeout_s {
-                let _ = fs::remove_file(&steal); // its taker died mid-takeover
-            }
-            return Ok(Err(held));
-        }
-        let result = (|| {
-            let again: Option<ClaimInfo> = read_json(lock).ok();
-            if again.as_ref().map(|a| a.token.as_str()) != Some(held.token.as_str()) {
-                return Ok(Err(again.unwrap_or(held.clone())));
-            }
-            fs::remove_file(lock)?;
-            if create_exclusive(lock, &bytes)? {
-                Ok(Ok(mine.clone()))
-            } else {
-                Ok(Err(read_json(lock).unwrap_or(held.clone())))
-            }
-        })();
-        let _ = fs::remove_file(&steal);
-        result
+        claim_file(
+            lock,
+            ClaimInfo::mine(run_id),
+            |held| self.claim_stale(held),
+            self.heartbeat_timeout_s,
+        )
+    }
+
+    /// The live owner of `lock` other than this process, if any: what a claim attempt
+    /// would run into, asked without claiming.
+    fn live_holder(&self, lock: &Path) -> Option<ClaimInfo> {
+        let held: ClaimInfo = read_json(lock).ok()?;
+        let me = held.pid == std::process::id() && held.host == fsutil::hostname();
+        (!me && !self.claim_stale(&held)).then_some(held)
+    }
+
+    /// Who holds the run's claim, when that is another live process (another worker).
+    pub fn run_holder(&self, run_id: &str) -> Option<ClaimInfo> {
+        self.live_holder(&self.run_dir(run_id).join("lock"))
+    }
+
+    /// Who is training the stage `key`, when that is another live process.
+    pub fn stage_holder(&self, key: &str) -> Option<ClaimInfo> {
+        self.live_holder(&self.stages_dir().join(format!("{key}.lock")))
     }
 
     /// Claims a run folder. Errors name the live owner when there is one.
@@ -334,12 +402,12 @@ impl Store {
         let lock = dir.join("lock");
         match self.try_claim(&lock, run_id)? {
             Ok(info) => Ok(Claim { lock, info }),
-            Err(owner) => Err(anyhow!(
-                "run {run_id} is claimed by pid {} on {} (lock {}); it is still alive",
-                owner.pid,
-                owner.host,
-                lock.display()
-            )),
+            Err(owner) => Err(ClaimHeld {
+                run_id: run_id.into(),
+                owner,
+                lock,
+            }
+            .into()),
         }
     }
 

@@ -37,7 +37,8 @@ pub fn summary(store: &Store, id: &str) -> Result<RunSummary> {
 
 /// The metric rows a run's results rest on: its own, plus, for each stage reused from
 /// another run, that stage's rows from the run that trained it (a reused stage's metrics
-/// live there). Unreadable metrics count as none.
+/// live there), benchmarks (`bench/...`) excepted: a run shows the benchmarks it ran
+/// itself. Unreadable metrics count as none.
 pub fn run_rows(store: &Store, id: &str, status: &Status) -> Vec<metrics::Row> {
     let reused: BTreeMap<&str, &str> = status
         .stages
@@ -47,13 +48,20 @@ pub fn run_rows(store: &Store, id: &str, status: &Status) -> Vec<metrics::Row> {
         .collect();
     let read =
         |run: &str| metrics::read_rows(&store.run_dir(run).join("metrics")).unwrap_or_default();
-    // This run's rows of a reused stage (none normally) give way to the source's.
+    // This run's rows of a reused stage (none normally) give way to the source's, except
+    // its benchmarks (`bench/...`, logged under stage2): those are this run's own
+    // evaluations of the reused model, and the source's are not this run's.
+    let own_eval = |r: &metrics::Row| r.metric.starts_with("bench/");
     let mut rows: Vec<metrics::Row> = read(id)
         .into_iter()
-        .filter(|r| !reused.contains_key(r.stage.as_str()))
+        .filter(|r| !reused.contains_key(r.stage.as_str()) || own_eval(r))
         .collect();
     for (stage, src) in reused {
-        rows.extend(read(src).into_iter().filter(|r| r.stage == stage));
+        rows.extend(
+            read(src)
+                .into_iter()
+                .filter(|r| r.stage == stage && !own_eval(r)),
+        );
     }
     rows
 }

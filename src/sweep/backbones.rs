@@ -4,12 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
-use super::parallel::{needs_training, pool, spawn};
+use super::parallel::{needs_training, pool, spawn, Ended, Pick};
 use super::plan::PlannedRun;
 use crate::backbones::{self, Recipe};
+use crate::pretrain::builtin::Ensured;
 use crate::store;
 
 /// The builtin backbones `runs` need that are not built yet, as (name, world), language
@@ -64,7 +66,7 @@ pub fn prepare(runs: &[PlannedRun], jobs: usize, results: &Path) -> Result<()> {
     let done = pool(
         (0..todo.len()).collect(),
         jobs,
-        |_, _| Some(0),
+        |_, _| Pick::Start(0),
         |i| {
             let (name, world) = &todo[i];
             let args = vec![
@@ -79,7 +81,7 @@ pub fn prepare(runs: &[PlannedRun], jobs: usize, results: &Path) -> Result<()> {
     );
     let failed: Vec<&str> = done
         .iter()
-        .filter(|(_, ok)| !ok)
+        .filter(|(_, ended)| *ended != Ended::Succeeded)
         .map(|(i, _)| todo[*i].0.as_str())
         .collect();
     anyhow::ensure!(
@@ -87,6 +89,40 @@ pub fn prepare(runs: &[PlannedRun], jobs: usize, results: &Path) -> Result<()> {
         "building builtin backbones failed: {}",
         failed.join(", ")
     );
+    Ok(())
+}
+
+/// Builds the missing builtin backbones of `runs` in this process, cooperating with other
+/// workers on the same cache (Slurm array tasks): each missing one is built by whichever
+/// worker takes its lease first, while the others build the remaining ones or wait. Returns
+/// when all are built; an interrupt stops the waiting.
+pub fn prepare_shared(runs: &[PlannedRun]) -> Result<()> {
+    let mut todo = missing(runs);
+    let mut said = BTreeSet::new();
+    while !todo.is_empty() {
+        let mut busy = Vec::new();
+        for (name, world) in todo {
+            match crate::pretrain::builtin::try_ensure(&name, &world)? {
+                Ensured::Ready(_) => {}
+                Ensured::Busy(holder) => {
+                    if said.insert(name.clone()) {
+                        eprintln!(
+                            "builtin:{name} is being built by pid {} on {}; waiting for it",
+                            holder.pid, holder.host
+                        );
+                    }
+                    busy.push((name, world));
+                }
+            }
+        }
+        todo = busy;
+        if !todo.is_empty() {
+            if store::interrupted() {
+                bail!("interrupted while waiting for builtin backbones to be built");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     Ok(())
 }
 

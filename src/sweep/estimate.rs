@@ -144,17 +144,20 @@ pub fn describe(exp: &Experiment) -> String {
             )
         } else {
             let s2 = &exp.stage2;
-            let base = match s2.quant {
+            let packed = match s2.quant {
                 Quant::Nf4 => linears * nf4_bytes_per_weight(s2.double_quant),
                 Quant::None => linears * dense,
-            } + other * dense;
+            };
+            let base = packed + other * dense;
             let adapters =
                 adapter_params(&c, s2.lora_rank.max(0) as u64, &s2.lora_targets) as f64 * 16.0;
             format!(
-                "model {} (LM base {}{}, adapters {} and projector {} with their optimizers)",
+                "model {} (LM {}: linears {}{}, the rest {} dense; adapters {} and projector {} with their optimizers)",
                 human(base + adapters + projector),
                 human(base),
-                if s2.quant == Quant::Nf4 { " NF4" } else { "" },
+                human(packed),
+                if s2.quant == Quant::Nf4 { " NF4" } else { " dense" },
+                human(other * dense),
                 human(adapters),
                 human(projector)
             )

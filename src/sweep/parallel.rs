@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use crate::store::provenance::CodeState;
 use crate::store::{self, State, Store};
 use crate::sweep::plan::{Outcome, PlannedRun, ReuseMode, RunOutcome, StageAction};
+use crate::sweep::worker::{stage1_elsewhere, taken_elsewhere, Seen};
 
 /// Worker processes for `--jobs 0` (auto): one per core, at most one per run to train, and
 /// one for GPU experiments (they would share the device).
@@ -100,15 +101,35 @@ fn finish(mut w: Worker) -> bool {
     ok
 }
 
+/// What [`pool`] does next with the items waiting.
+pub(super) enum Pick {
+    /// Start the one at this position of the waiting list.
+    Start(usize),
+    /// Drop the one at this position: someone else does it.
+    Skip(usize),
+    /// Start none for now; ask again soon (even when nothing of ours runs: another
+    /// process may be about to free one).
+    Wait,
+}
+
+/// How an item of [`pool`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    Succeeded,
+    Failed,
+    /// [`Pick::Skip`]ped, or never started because of an interrupt.
+    NotStarted,
+}
+
 /// Runs `todo` (ids into some list) on up to `jobs` children made by `start`. `choose`
-/// picks the next item among those waiting (given those running), or none for now; returns
-/// each item's success.
+/// decides, given the items waiting and those running, which to start or skip next;
+/// returns how each item ended.
 pub(super) fn pool(
     todo: Vec<usize>,
     jobs: usize,
-    mut choose: impl FnMut(&[usize], &[usize]) -> Option<usize>,
+    mut choose: impl FnMut(&[usize], &[usize]) -> Pick,
     mut start: impl FnMut(usize) -> Result<Worker>,
-) -> Vec<(usize, bool)> {
+) -> Vec<(usize, Ended)> {
     let mut waiting = todo;
     let mut running: Vec<(usize, Worker)> = Vec::new();
     let mut done = Vec::new();
@@ -123,19 +144,24 @@ pub(super) fn pool(
         }
         while running.len() < jobs && !waiting.is_empty() && !store::interrupted() {
             let active: Vec<usize> = running.iter().map(|(i, _)| *i).collect();
-            let Some(pick) = choose(&waiting, &active) else {
-                break;
+            let pick = match choose(&waiting, &active) {
+                Pick::Start(pick) => pick,
+                Pick::Skip(pos) => {
+                    done.push((waiting.remove(pos), Ended::NotStarted));
+                    continue;
+                }
+                Pick::Wait => break,
             };
             let item = waiting.remove(pick);
             match start(item) {
                 Ok(w) => running.push((item, w)),
                 Err(e) => {
                     eprintln!("{e:#}");
-                    done.push((item, false));
+                    done.push((item, Ended::Failed));
                 }
             }
         }
-        if running.is_empty() {
+        if running.is_empty() && (waiting.is_empty() || store::interrupted()) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -143,22 +169,28 @@ pub(super) fn pool(
         while i < running.len() {
             if matches!(running[i].1.child.try_wait(), Ok(Some(_))) {
                 let (item, w) = running.remove(i);
-                done.push((item, finish(w)));
+                let ended = if finish(w) {
+                    Ended::Succeeded
+                } else {
+                    Ended::Failed
+                };
+                done.push((item, ended));
             } else {
                 i += 1;
             }
         }
     }
     // Interrupted before these started.
-    done.extend(waiting.into_iter().map(|i| (i, false)));
+    done.extend(waiting.into_iter().map(|i| (i, Ended::NotStarted)));
     done
 }
 
 /// Runs the planned runs on up to `jobs` children (`harness run FILE --resume --reuse
-/// MODE`). A run whose
-/// stage 1 a running child is still training waits until that stage completes (then reuses
-/// it), and a run without such a conflict goes first: no worker sits waiting for a shared
-/// stage, and the run listed first trains it, as in a sequential sweep. Outcomes are read
+/// MODE`). A run whose stage 1 a running child (or another process) is still training
+/// waits until that stage completes (then reuses it), and a run without such a conflict
+/// goes first: no worker sits waiting for a shared stage, and the run listed first trains
+/// it, as in a sequential sweep. A run another live process holds (another sweep on the
+/// same results folder) is skipped, as [`crate::sweep::worker`] does. Outcomes are read
 /// back from the store.
 pub fn sweep(
     store_: &Store,
@@ -188,6 +220,7 @@ fn sweep_with(
     // Completed runs need no process.
     let completed = |p: &PlannedRun| p.existing == Some(State::Completed);
     let todo: Vec<usize> = (0..runs.len()).filter(|&i| !completed(&runs[i])).collect();
+    let seen: Vec<Seen> = runs.iter().map(|p| Seen::now(store_, &p.run_id)).collect();
     let mut done = pool(
         todo,
         jobs,
@@ -204,63 +237,88 @@ fn sweep_with(
                 .map(|&i| runs[i].keys.stage1.as_str())
                 .filter(|k| store_.completed_stage(k).is_none())
                 .collect();
-            waiting
-                .iter()
-                .position(|&i| !busy.contains(&runs[i].keys.stage1.as_str()))
+            for (pos, &i) in waiting.iter().enumerate() {
+                let p = &runs[i];
+                if taken_elsewhere(store_, p, &seen[i]).is_some() {
+                    return Pick::Skip(pos);
+                }
+                if !busy.contains(&p.keys.stage1.as_str()) && stage1_elsewhere(store_, p).is_none()
+                {
+                    return Pick::Start(pos);
+                }
+            }
+            Pick::Wait
         },
         |i| {
             let p = &runs[i];
-            let args = vec![
+            let mut args = vec![
                 "run".into(),
                 p.exp.path.display().to_string(),
                 "--resume".into(),
                 "--reuse".into(),
                 reuse.arg().into(),
             ];
+            // A replica of a seed list: the child runs that one seed.
+            if let Some(seed) = p.exp.replica {
+                args.extend(["--seed".into(), seed.to_string()]);
+            }
             spawn(&args, &p.exp.exp.name, results, Some(code_dir))
         },
     );
     done.extend(
         (0..runs.len())
             .filter(|&i| completed(&runs[i]))
-            .map(|i| (i, true)),
+            .map(|i| (i, Ended::Succeeded)),
     );
-    let mut out: Vec<(usize, Outcome)> = done
-        .into_iter()
-        .map(|(i, ok)| {
-            let p = &runs[i];
-            if completed(p) {
-                return (
-                    i,
-                    Ok(RunOutcome {
+    let mut out: Vec<(usize, Outcome)> =
+        done.into_iter()
+            .map(|(i, ended)| {
+                let p = &runs[i];
+                if completed(p) {
+                    return (
+                        i,
+                        Ok(RunOutcome {
+                            run_id: p.run_id.clone(),
+                            name: p.exp.exp.name.clone(),
+                            state: State::Completed,
+                            note: "skipped: already completed".into(),
+                        }),
+                    );
+                }
+                // Skipped, or the child lost the race for the claim: what the other worker did
+                // with it. (A child's own failure stays a failure.)
+                if !store::interrupted() {
+                    let elsewhere = match ended {
+                        Ended::NotStarted => taken_elsewhere(store_, p, &seen[i]),
+                        Ended::Failed => taken_elsewhere(store_, p, &seen[i])
+                            .filter(|o| o.state != State::Failed),
+                        Ended::Succeeded => None,
+                    };
+                    if let Some(o) = elsewhere {
+                        return (i, Ok(o));
+                    }
+                }
+                let status = store_.read_status(&p.run_id).ok();
+                let state = status.as_ref().map(|s| store_.effective_state(s));
+                let r = match state {
+                    Some(State::Completed) if ended == Ended::Succeeded => Ok(RunOutcome {
                         run_id: p.run_id.clone(),
                         name: p.exp.exp.name.clone(),
                         state: State::Completed,
-                        note: "skipped: already completed".into(),
+                        note: "completed".into(),
                     }),
-                );
-            }
-            let status = store_.read_status(&p.run_id).ok();
-            let state = status.as_ref().map(|s| store_.effective_state(s));
-            let r = match state {
-                Some(State::Completed) if ok => Ok(RunOutcome {
-                    run_id: p.run_id.clone(),
-                    name: p.exp.exp.name.clone(),
-                    state: State::Completed,
-                    note: "completed".into(),
-                }),
-                s => Err((
-                    p.run_id.clone(),
-                    match (s, status.and_then(|s| s.error)) {
-                        (_, Some(e)) => e,
-                        (Some(s), None) => format!("run ended {s}"),
-                        (None, None) => "the run did not start".into(),
-                    },
-                )),
-            };
-            (i, r)
-        })
-        .collect();
+                    s => Err((
+                        p.run_id.clone(),
+                        match (s, status.and_then(|s| s.error)) {
+                            (_, Some(e)) => e,
+                            (Some(s), None) => format!("run ended {s}"),
+                            (None, None) => "the run did not start".into(),
+                        },
+                    )),
+                };
+                (i, r)
+            })
+            .collect();
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
 }

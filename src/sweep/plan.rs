@@ -12,11 +12,23 @@ use crate::config::{self, LoadedExperiment, StageKeys};
 use crate::fsutil::{now_rfc3339, write_atomic, write_json};
 use crate::store::metrics::{self, MetricsWriter};
 use crate::store::provenance::{CodeState, Provenance};
+use crate::store::worker::WorkerInfo;
 use crate::store::{self, CodeChange, LiveRun, StageStatus, State, Store};
-use crate::train::stage::{Interrupted, StageContext, StageRunner};
+use crate::train::stage::{Interrupted, RunContext, StageContext, StageRunner};
 
 /// Which completed stages a run may reuse (`--reuse`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ReuseMode {
     /// Results of this code only: the same config and the same code fingerprint.
     #[default]
@@ -81,13 +93,50 @@ pub fn run_id(name: &str, keys: &StageKeys, code: &CodeState) -> String {
     format!("{name}-{}-{}", &keys.config[..8], code.id_suffix())
 }
 
+/// Which seeds the experiments run with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Seeds {
+    /// As the files say: `seed`, or one replica per seed of `seeds = [..]`.
+    #[default]
+    AsWritten,
+    /// `sweep --seeds N`: every experiment as N replicas, seeds `seed .. seed + N`.
+    Count(u64),
+    /// `run --seed S`: the replica with seed S only.
+    Only(u64),
+}
+
+/// The experiments one loaded file stands for under `seeds`: itself, or its replicas
+/// (`<name>-s<seed>`, [`config::replica`]).
+pub fn expand(e: LoadedExperiment, seeds: Seeds) -> Vec<LoadedExperiment> {
+    let list: Vec<u64> = match seeds {
+        Seeds::AsWritten => e.exp.seeds.clone(),
+        Seeds::Count(n) => (0..n).map(|k| e.exp.seed + k).collect(),
+        Seeds::Only(s) => vec![s],
+    };
+    if list.is_empty() {
+        return vec![e];
+    }
+    list.into_iter()
+        .map(|s| LoadedExperiment {
+            path: e.path.clone(),
+            exp: config::replica(&e.exp, s),
+            replica: Some(s),
+        })
+        .collect()
+}
+
 /// Loads and validates every file before anything runs; all problems are reported together.
 pub fn load_all(files: &[PathBuf]) -> Result<Vec<LoadedExperiment>> {
+    load_with(files, Seeds::AsWritten)
+}
+
+/// [`load_all`], each file expanded into its replicas under `seeds`.
+pub fn load_with(files: &[PathBuf], seeds: Seeds) -> Result<Vec<LoadedExperiment>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for f in files {
         match config::load(f) {
-            Ok(e) => out.push(e),
+            Ok(e) => out.extend(expand(e, seeds)),
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
@@ -261,6 +310,9 @@ pub struct ExecOptions {
     pub flush_every: Duration,
     /// How long to wait for another worker's claim on a stage before giving up.
     pub stage_wait: Duration,
+    /// Skip a run another live process holds (sweep workers sharing a results folder)
+    /// instead of failing on it (`harness run`, which was asked for that run).
+    pub skip_held: bool,
     /// Which completed stages may be reused.
     pub reuse: ReuseMode,
 }
@@ -271,6 +323,7 @@ impl Default for ExecOptions {
             resume: false,
             flush_every: Duration::from_secs(2),
             stage_wait: Duration::from_secs(24 * 3600),
+            skip_held: false,
             reuse: ReuseMode::Code,
         }
     }
@@ -340,13 +393,16 @@ pub fn execute(
     }
     let resumed = previous.is_some();
     let live = LiveRun::start(&dir, claim, runner.name(), previous)?;
+    // Which process, Slurm task and task log ran this attempt: the way from a run to the
+    // output of the worker that ran it.
     store::log_line(
         &dir,
         &format!(
-            "{} run {} ({})",
+            "{} run {} ({}) in {}",
             if resumed { "resume" } else { "start" },
             p.run_id,
-            p.exp.path.display()
+            p.exp.path.display(),
+            WorkerInfo::current()
         ),
     );
     let mut writer = MetricsWriter::new(&dir.join("metrics"), &p.run_id, opts.flush_every)?;
@@ -421,12 +477,15 @@ fn run_stages(
                 Acquired::Reuse { run, key } => (run, key),
                 Acquired::Train(claim) => {
                     let started = now_rfc3339();
+                    let worker = WorkerInfo::current();
+                    store::log_line(&dir, &format!("stage {n}: training in {worker}"));
                     let status = |state, ended| StageStatus {
                         key: key.clone(),
                         state,
                         run_id: p.run_id.clone(),
                         started: Some(started.clone()),
                         ended,
+                        worker: Some(worker.clone()),
                         reused_across_code: None,
                     };
                     live.set_stage(&name, status(State::Running, None))?;
@@ -464,7 +523,13 @@ fn run_stages(
                 .join("stage1"),
         );
     }
-    Ok(())
+    // After stage 2 and its own evaluation: the experiment's `[[eval.bench]]`.
+    runner.after_stages(&mut RunContext {
+        store,
+        run_id: &p.run_id,
+        exp: &p.exp.exp,
+        metrics: writer,
+    })
 }
 
 enum Acquired {
@@ -519,6 +584,7 @@ fn acquire_stage(
                         run_id: rec.run_id.clone(),
                         started: None,
                         ended: Some(now_rfc3339()),
+                        worker: None,
                         reused_across_code: across_code,
                     },
                 )?;
@@ -556,32 +622,19 @@ fn acquire_stage(
         std::thread::sleep(Duration::from_millis(500));
     }
 }
-/// Loads, plans and runs experiments in order; one failure does not stop the others.
+/// Plans and runs loaded experiments in order; one failure does not stop the others. Runs
+/// are taken as a worker takes them ([`crate::sweep::worker::work`]): with
+/// `opts.skip_held`, a run another live process holds is skipped, and a run whose stage 1
+/// another process is training waits until the runs free to start now are done.
 pub fn sweep(
     store: &Store,
-    files: &[PathBuf],
+    exps: &[LoadedExperiment],
     code: &CodeState,
     runner: &dyn StageRunner,
     opts: &ExecOptions,
 ) -> Result<Vec<Outcome>> {
-    let exps = load_all(files)?;
-    let mut out = Vec::new();
-    for p in plan(store, &exps, code, opts.reuse)? {
-        // Re-plan each run just before it starts, so stages completed earlier in this sweep
-        // (or by another worker) are reused.
-        let fresh = plan(store, std::slice::from_ref(&p.exp), code, opts.reuse)?.remove(0);
-        match execute(store, &fresh, code, runner, opts) {
-            Ok(o) => out.push(Ok(o)),
-            Err(e) => {
-                let interrupted = store::interrupted();
-                out.push(Err((p.run_id.clone(), format!("{e:#}"))));
-                if interrupted {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(out)
+    let planned = plan(store, exps, code, opts.reuse)?;
+    crate::sweep::worker::work(store, &planned, code, runner, opts)
 }
 
 /// The working folder a run's code state is read from.

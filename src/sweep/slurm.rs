@@ -608,69 +608,9 @@ fn list(known: &[Partition]) -> String {
         .join(", ")
 }
 
-/// Which Slurm task this process is, from the variables Slurm sets in a batch job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlurmTask {
-    /// `SLURM_JOB_ID`: this task's own job id (each array task has one).
-    pub job_id: u64,
-    /// `SLURM_ARRAY_JOB_ID`: the id sbatch printed, shared by the array's tasks.
-    pub array_job_id: Option<u64>,
-    /// `SLURM_ARRAY_TASK_ID`.
-    pub array_task_id: Option<u32>,
-    /// `SLURMD_NODENAME`: the node it runs on.
-    pub node: Option<String>,
-    /// `SLURM_RESTART_COUNT`: times the job was requeued (unset, i.e. 0, on its first run).
-    pub restart_count: u32,
-}
-
-impl fmt::Display for SlurmTask {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.array_job_id, self.array_task_id) {
-            (Some(a), Some(t)) => write!(f, "{a}_{t} (job {})", self.job_id)?,
-            _ => write!(f, "job {}", self.job_id)?,
-        }
-        if let Some(n) = &self.node {
-            write!(f, " on {n}")?;
-        }
-        if self.restart_count > 0 {
-            write!(f, ", restart {}", self.restart_count)?;
-        }
-        Ok(())
-    }
-}
-
-/// This process's Slurm task, from its environment; `None` outside a Slurm job.
-pub fn task_identity() -> Result<Option<SlurmTask>> {
-    task_identity_from(|k| std::env::var(k).ok())
-}
-
-/// [`task_identity`] from any variable lookup; a variable that is set but not a number
-/// is an error naming it.
-pub fn task_identity_from(var: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmTask>> {
-    fn num<T: std::str::FromStr>(
-        var: &impl Fn(&str) -> Option<String>,
-        k: &str,
-    ) -> Result<Option<T>> {
-        match var(k).filter(|v| !v.is_empty()) {
-            None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| anyhow::anyhow!("environment variable {k}=`{v}` is not a number")),
-        }
-    }
-    let Some(job_id) = num::<u64>(&var, "SLURM_JOB_ID")? else {
-        return Ok(None);
-    };
-    Ok(Some(SlurmTask {
-        job_id,
-        array_job_id: num(&var, "SLURM_ARRAY_JOB_ID")?,
-        array_task_id: num(&var, "SLURM_ARRAY_TASK_ID")?,
-        node: var("SLURMD_NODENAME").filter(|v| !v.is_empty()),
-        restart_count: num(&var, "SLURM_RESTART_COUNT")?.unwrap_or(0),
-    }))
-}
+/// A task's identity lives with the store, which records it per stage
+/// ([`crate::store::worker`]); these names stay here for callers of the Slurm side.
+pub use crate::store::worker::{task_identity, task_identity_from, SlurmTask};
 
 #[cfg(test)]
 mod tests {

@@ -6,18 +6,19 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, Optimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::peak_rss_bytes;
 use crate::backend::Train;
+use crate::backend::{host_memory, peak_rss_bytes, PeakAnon};
 use crate::data::batch::LlavaBatch;
 use crate::model::lora::LoraConfig;
 use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig};
-use crate::train::{forward, grads, loss::masked_lm_loss};
+use crate::train::grads;
+use crate::train::recompute::{micro_step, micro_step_plain};
 
 /// The sizes of one benchmark (a TOML file or flags; `scripts/bench_torch.py` reads the same
 /// file).
@@ -58,6 +59,10 @@ pub struct BenchConfig {
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Stage 2: recompute each Phi layer in the backward instead of keeping its
+    /// activations (`stage.activation_checkpointing`).
+    #[arg(long)]
+    pub activation_checkpointing: bool,
 }
 
 impl Default for BenchConfig {
@@ -78,6 +83,7 @@ impl Default for BenchConfig {
             nf4: true,
             steps: 10,
             warmup: 2,
+            activation_checkpointing: false,
         }
     }
 }
@@ -111,6 +117,12 @@ pub struct StageTiming {
     pub mean_ms: f64,
     pub tokens_per_s: f64,
     pub peak_rss_bytes: f64,
+    /// The highest anonymous resident memory sampled during the steps (the process's
+    /// working memory without mapped files), bytes.
+    pub peak_anon_bytes: f64,
+    /// Anonymous resident memory once the model is built, before the first step: the
+    /// steps' own memory (activations, gradients, optimizer state) is the difference.
+    pub model_anon_bytes: f64,
     /// GPU builds: bytes the device allocator has reserved (its high-water mark).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_device_bytes: Option<f64>,
@@ -157,11 +169,12 @@ pub fn stage1(c: &BenchConfig) -> StageTiming {
         .with_weight_decay(0.0)
         .init::<Train, Projector<Train>>();
     let b = batch::<Train>(c, &device);
+    let model_anon = host_memory().anon as f64;
+    let peak = PeakAnon::start();
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {
         let t = Instant::now();
-        let (loss, _) = masked_lm_loss(forward(&projector, &lm, &b), b.labels.clone());
-        let mut g = GradientsParams::from_grads(loss.backward(), &projector);
+        let mut g = micro_step_plain(&projector, &lm, &b, 1.0, false).projector;
         grads::clip_global_norm::<Train, _>(&projector, &mut g, 1.0);
         projector = optim.step(1e-4, projector, g);
         // Wait for the device: the step ends when its results exist.
@@ -173,7 +186,7 @@ pub fn stage1(c: &BenchConfig) -> StageTiming {
             times.push(ms);
         }
     }
-    timing("stage1", c, times)
+    timing("stage1", c, times, model_anon, &peak)
 }
 
 /// Times stage-2 steps: LoRA on every Phi linear (NF4 base unless `nf4 = false`), the
@@ -195,13 +208,17 @@ pub fn stage2(c: &BenchConfig) -> StageTiming {
     let mut op = AdamWConfig::new().init::<Train, Projector<Train>>();
     let mut ol = AdamWConfig::new().init::<Train, Phi<Train>>();
     let b = batch::<Train>(c, &device);
+    let model_anon = host_memory().anon as f64;
+    let peak = PeakAnon::start();
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {
         let t = Instant::now();
-        let (loss, _) = masked_lm_loss(forward(&projector, &lm, &b), b.labels.clone());
-        let mut g = loss.backward();
-        let mut gp = GradientsParams::from_module(&mut g, &projector);
-        let mut gl = GradientsParams::from_module(&mut g, &lm);
+        let m = if c.activation_checkpointing {
+            micro_step(&projector, &lm, &b, 1.0, true, i as u64)
+        } else {
+            micro_step_plain(&projector, &lm, &b, 1.0, true)
+        };
+        let (mut gp, mut gl) = (m.projector, m.lm);
         let np = grads::global_norm::<Train, _>(&projector, &gp);
         let nl = grads::global_norm::<Train, _>(&lm, &gl);
         let norm = (np * np + nl * nl).sqrt();
@@ -219,10 +236,16 @@ pub fn stage2(c: &BenchConfig) -> StageTiming {
             times.push(ms);
         }
     }
-    timing("stage2", c, times)
+    timing("stage2", c, times, model_anon, &peak)
 }
 
-fn timing(stage: &str, c: &BenchConfig, mut times: Vec<f64>) -> StageTiming {
+fn timing(
+    stage: &str,
+    c: &BenchConfig,
+    mut times: Vec<f64>,
+    model_anon: f64,
+    peak: &PeakAnon,
+) -> StageTiming {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     StageTiming {
@@ -231,6 +254,8 @@ fn timing(stage: &str, c: &BenchConfig, mut times: Vec<f64>) -> StageTiming {
         mean_ms: times.iter().sum::<f64>() / times.len() as f64,
         tokens_per_s: (c.batch * (c.image_tokens + c.text_len)) as f64 / (median / 1e3),
         peak_rss_bytes: peak_rss_bytes(),
+        peak_anon_bytes: peak.peak() as f64,
+        model_anon_bytes: model_anon,
         peak_device_bytes: crate::backend::device_memory(&crate::backend::device(0))
             .map(|(_, reserved)| reserved as f64),
     }

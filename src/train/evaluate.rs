@@ -1,7 +1,9 @@
 //! Evaluation at the end of each stage: after stage 1, captions for held-out val images
 //! scored like pycocoevalcap (BLEU-1..4, ROUGE-L, CIDEr-D); after stage 2, answers to
 //! held-out questions scored by exact match per question type. Scores go into the metrics
-//! table (split `eval`), a gallery of samples into `samples.json` for the reports.
+//! table (split `eval`), each item's score into the run's item tables
+//! ([`crate::store::items`]: an image's CIDEr-D, a question's 0/1, with prediction and
+//! reference), a gallery of samples into `samples.json` for the reports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use crate::eval::{self, GenerateOptions, PromptLayout, QaAccuracy};
 use crate::model::phi::Phi;
 use crate::model::projector::Projector;
 use crate::model::tokenizer::Tokenizer;
+use crate::store::items::{self, Item};
 use crate::store::metrics::MetricsWriter;
 
 /// What a stage is scored on.
@@ -53,7 +56,40 @@ fn features(
     Tensor::from_data(TensorData::new(v, [images.len(), t, d]), device)
 }
 
-/// Scores the trained model of `stage` and logs the results; returns the gallery.
+/// What one evaluation produced besides its logged metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// The first `eval.gallery` samples, for the reports.
+    pub gallery: Vec<Sample>,
+    /// Every scored item, one table per task (captions, qa).
+    pub items: Vec<Vec<Item>>,
+}
+
+/// An image's id in the item tables: its file name, the same in every run on the data.
+fn image_id(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// Question ids: `<image file name>#<k>` for the k-th question about that image in the
+/// evaluation's order (the file's order), stable across runs on the same data.
+pub fn question_ids(images: &[&PathBuf]) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    images
+        .iter()
+        .map(|p| {
+            let name = image_id(p);
+            let k = seen.entry(name.clone()).or_insert(0);
+            let id = format!("{name}#{k}");
+            *k += 1;
+            id
+        })
+        .collect()
+}
+
+/// Scores the trained model of `stage` and logs the results; returns the gallery and the
+/// per-item scores.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     stage: u8,
@@ -65,12 +101,14 @@ pub fn run(
     cache: &FeatureCache,
     metrics: &mut MetricsWriter,
     step: u64,
-) -> Result<Vec<Sample>> {
+    run_id: &str,
+) -> Result<Evaluation> {
     let device = crate::backend::device(exp.devices[0]);
     let opts = GenerateOptions::for_experiment(exp, tok.eos_id);
     let name = format!("stage{stage}");
     let batch = 16;
     let mut gallery = vec![];
+    let mut tables = vec![];
     let shown = exp.eval.gallery as usize;
     let label = |p: &Path| Some(p.display().to_string());
     if stage == 1 && !set.captions.is_empty() {
@@ -95,6 +133,31 @@ pub fn run(
         for (k, v) in scores.named() {
             metrics.log(&name, "eval", step, 0.0, k, v)?;
         }
+        let pairs: Vec<(String, Vec<String>)> = set
+            .captions
+            .iter()
+            .zip(&out)
+            .map(|((_, r), o)| (o.clone(), r.clone()))
+            .collect();
+        let per_image = eval::caption_set::CaptionSet::from_raw(&pairs)?.per_image_cider();
+        tables.push(
+            set.captions
+                .iter()
+                .zip(&out)
+                .zip(per_image)
+                .map(|(((img, r), o), score)| Item {
+                    run_id: run_id.into(),
+                    stage: name.clone(),
+                    task: "captions".into(),
+                    item: image_id(img),
+                    kind: String::new(),
+                    metric: "CIDEr".into(),
+                    score,
+                    prediction: o.clone(),
+                    reference: items::join_references(r),
+                })
+                .collect(),
+        );
         for ((img, r), o) in set.captions.iter().zip(&out).take(shown) {
             gallery.push(Sample {
                 image: label(img),
@@ -124,12 +187,24 @@ pub fn run(
             batch,
         )?;
         let mut acc = QaAccuracy::default();
-        for ((_, q), o) in set.questions.iter().zip(&out) {
-            acc.add(
-                q.qtype.as_deref().unwrap_or("other"),
-                eval::qa_exact_match(o, &q.answer),
-            );
+        let mut table = vec![];
+        for (((_, q), o), id) in set.questions.iter().zip(&out).zip(question_ids(&images)) {
+            let kind = q.qtype.as_deref().unwrap_or("other");
+            let correct = eval::qa_exact_match(o, &q.answer);
+            acc.add(kind, correct);
+            table.push(Item {
+                run_id: run_id.into(),
+                stage: name.clone(),
+                task: "qa".into(),
+                item: id,
+                kind: kind.into(),
+                metric: "qa_acc".into(),
+                score: if correct { 1.0 } else { 0.0 },
+                prediction: o.clone(),
+                reference: q.answer.clone(),
+            });
         }
+        tables.push(table);
         for (kind, v) in acc.fractions() {
             metrics.log(&name, "eval", step, 0.0, &format!("qa_acc/{kind}"), v)?;
         }
@@ -146,7 +221,10 @@ pub fn run(
             });
         }
     }
-    Ok(gallery)
+    Ok(Evaluation {
+        gallery,
+        items: tables,
+    })
 }
 
 /// Replaces this stage's entries in `run_dir/samples.json`, keeping the other stage's.
@@ -157,4 +235,28 @@ pub fn write_samples(run_dir: &Path, stage: u8, new: Vec<Sample>) -> Result<()> 
     all.retain(|s| s.stage != name);
     all.extend(new);
     crate::fsutil::write_json(&path, &all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_ids_count_questions_per_image_in_order() {
+        let (a, b) = (
+            PathBuf::from("val2017/001.jpg"),
+            PathBuf::from("/x/val2017/002.jpg"),
+        );
+        let ids = question_ids(&[&a, &a, &b, &a, &b]);
+        assert_eq!(
+            ids,
+            [
+                "001.jpg#0",
+                "001.jpg#1",
+                "002.jpg#0",
+                "001.jpg#2",
+                "002.jpg#1"
+            ]
+        );
+    }
 }

@@ -35,7 +35,7 @@ use crate::model::tokenizer::Tokenizer;
 use self::checkpoint::{TrainState, Trained};
 use self::data::StageData;
 use self::schedule::LrSchedule;
-use self::stage::{Interrupted, StageContext, StageRunner};
+use self::stage::{Interrupted, RunContext, StageContext, StageRunner};
 
 /// The stage runner that trains for real.
 pub struct Trainer;
@@ -46,6 +46,15 @@ impl StageRunner for Trainer {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         run_stage(ctx)
+    }
+    /// The experiment's benchmarks, on the stage-2 model (resuming their answers).
+    fn after_stages(&self, ctx: &mut RunContext) -> Result<()> {
+        let done =
+            crate::eval::bench::run::configured(ctx.store, ctx.run_id, ctx.exp, ctx.metrics)?;
+        if done.iter().any(|o| o.interrupted()) {
+            return Err(Interrupted.into());
+        }
+        Ok(())
     }
 }
 
@@ -145,7 +154,8 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     }
     bar.finish_with_message("done");
     checkpoint::save_final(&ctx.checkpoint_dir, &t)?;
-    let gallery = evaluate::run(
+    let t_eval = Instant::now();
+    let evaluation = evaluate::run(
         ctx.stage,
         ctx.exp,
         &t.projector.valid(),
@@ -155,8 +165,29 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
         &s.data.cache,
         ctx.metrics,
         s.state.step,
+        ctx.run_id,
     )?;
-    evaluate::write_samples(&ctx.run_dir, ctx.stage, gallery)?;
+    for table in &evaluation.items {
+        crate::store::items::write(&ctx.run_dir, table)?;
+    }
+    // What scoring costs (generation dominates it), for sizing `eval.*` against a budget.
+    let scored: Vec<String> = evaluation
+        .items
+        .iter()
+        .filter_map(|t| Some(format!("{} {}", t.len(), t.first()?.task)))
+        .collect();
+    let line = format!(
+        "{stage}: evaluation of {} took {:.1} s",
+        if scored.is_empty() {
+            "nothing".into()
+        } else {
+            scored.join(", ")
+        },
+        t_eval.elapsed().as_secs_f64()
+    );
+    eprintln!("{line}");
+    crate::store::log_line(&ctx.run_dir, &line);
+    evaluate::write_samples(&ctx.run_dir, ctx.stage, evaluation.gallery)?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use crate::config::{Experiment, StageConfig};
 use crate::store::metrics::MetricsWriter;
+use crate::store::Store;
 
 /// Everything a stage needs from the orchestration.
 pub struct StageContext<'a> {
@@ -54,4 +55,17 @@ pub trait StageRunner {
         true
     }
     fn run(&self, ctx: &mut StageContext) -> Result<()>;
+    /// Work at the end of a run, after both stages (the `[[eval.bench]]` benchmarks);
+    /// nothing by default. Returns [`Interrupted`] when a signal stopped it.
+    fn after_stages(&self, _ctx: &mut RunContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`StageRunner::after_stages`] works with.
+pub struct RunContext<'a> {
+    pub store: &'a Store,
+    pub run_id: &'a str,
+    pub exp: &'a Experiment,
+    pub metrics: &'a mut MetricsWriter,
 }

@@ -162,3 +162,86 @@ fn builtin_keys_follow_recipe_and_world() {
         "{err}"
     );
 }
+
+/// Two processes that need the same missing backbone at once (sweep workers sharing a
+/// cache): one trains it under the lease beside the cache folder, the other waits for it.
+#[test]
+fn racing_builds_of_one_backbone_train_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (results, cache) = (tmp.path().join("results"), tmp.path().join("cache"));
+    let world_dir = tmp.path().join("synth");
+    world(&world_dir, 4);
+    let spawn = || {
+        harness_train(tmp.path(), &results, &cache)
+            .args(["pretrain", "builtin", "phi-micro", "--world"])
+            .arg(&world_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(), spawn());
+    let (o1, o2) = (
+        p1.wait_with_output().unwrap(),
+        p2.wait_with_output().unwrap(),
+    );
+    let err = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o1.stderr),
+        String::from_utf8_lossy(&o2.stderr)
+    );
+    assert!(o1.status.success() && o2.status.success(), "{err}");
+    assert_eq!(err.matches("not cached, training it").count(), 1, "{err}");
+    assert_eq!(o1.stdout, o2.stdout, "both name the same folder");
+    // The lease and its heartbeat are gone; only the build is left.
+    let built = backbones(&cache);
+    assert_eq!(built.len(), 1, "{built:?}");
+    assert!(built[0].starts_with("phi-micro-"));
+}
+
+/// Two `harness worker`s on a saved sweep of real (micro) experiments: the two missing
+/// backbones are built once each, by whichever worker took each lease, and both runs
+/// train once.
+#[test]
+fn workers_build_shared_backbones_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (results, cache) = (tmp.path().join("results"), tmp.path().join("cache"));
+    world(&tmp.path().join("synth"), 4);
+    let files = [exp(tmp.path(), "a", 0), exp(tmp.path(), "b", 1)];
+    let store = harness::store::Store::new(&results);
+    let exps = harness::sweep::plan::load_all(&files).unwrap();
+    let code = harness::store::provenance::code_state(tmp.path());
+    let planned = harness::sweep::plan::plan(&store, &exps, &code, Default::default()).unwrap();
+    let saved =
+        harness::sweep::cluster::save(&results, &planned, &code, tmp.path(), Default::default())
+            .unwrap();
+    let spawn = || {
+        harness_train(tmp.path(), &results, &cache)
+            .args(["worker", &saved.id])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(), spawn());
+    let (o1, o2) = (
+        p1.wait_with_output().unwrap(),
+        p2.wait_with_output().unwrap(),
+    );
+    let err = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o1.stderr),
+        String::from_utf8_lossy(&o2.stderr)
+    );
+    assert!(o1.status.success() && o2.status.success(), "{err}");
+    assert_eq!(err.matches("not cached, training it").count(), 2, "{err}");
+    assert_eq!(backbones(&cache).len(), 2, "{err}");
+    for p in &planned {
+        let s = store.read_status(&p.run_id).unwrap();
+        assert_eq!(s.state, harness::store::State::Completed, "{:?}", s.error);
+        assert_eq!(
+            s.stages["stage1"].run_id, p.run_id,
+            "own stage 1 (depths differ)"
+        );
+    }
+}

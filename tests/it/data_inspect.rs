@@ -12,6 +12,7 @@ fn spec(pad_id: u32) -> DataSpec {
     DataSpec {
         coco_root: fixtures().join("coco"),
         instruct_json: fixtures().join("coco/llava_instruct_150k.json"),
+        image_folder: None,
         stage1_limit: 0,
         stage2_limit: 0,
         stage2_val: 1,

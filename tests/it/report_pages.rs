@@ -168,10 +168,40 @@ fn run_report_has_every_part_and_escapes() {
         "chart-stage2-lr",
         "chart-stage2-tokens_per_s",
         "chart-stage2-peak_mem_bytes",
-        "chart-stage2-caption_scores",
     ] {
         assert!(ids.contains(&want.to_string()), "{want} in {ids:?}");
     }
+    // Single values (the eval scores, logged once) are a table at the top, not one-bar
+    // charts; without per-item data they have no interval, and the page says so.
+    assert!(
+        !ids.iter()
+            .any(|i| i.contains("caption_scores") || i.contains("qa_acc")),
+        "{ids:?}"
+    );
+    let results: Vec<Vec<String>> = doc
+        .select(&sel("table.results tbody tr"))
+        .map(|r| r.select(&sel("td")).map(|c| c.text().collect()).collect())
+        .collect();
+    assert_eq!(
+        results[2],
+        [
+            "stage2/eval/qa_acc",
+            "0.5000",
+            "-",
+            "no per-item data: no interval"
+        ]
+    );
+    let headings = texts(&doc, "h2");
+    assert_eq!(
+        headings[..3],
+        ["Results", "Samples", "Curves"],
+        "results lead, then the gallery"
+    );
+    let brief = texts(&doc, "table.brief td").join("|");
+    assert!(
+        brief.contains("builtin:v") && brief.contains("LoRA rank 4"),
+        "{brief}"
+    );
     assert_eq!(doc.select(&sel("figure.chart svg")).count(), ids.len());
     let svg_text = texts(&doc, "figure.chart text").join(" ");
     assert!(
@@ -404,28 +434,45 @@ fn leaderboard_ranks_links_and_prints_md_csv() {
     assert_eq!(path, reports.join("index.html"));
     let doc = parse(&path);
     let rows: Vec<Vec<String>> = doc
-        .select(&sel("table.leaderboard tbody tr"))
+        .select(&sel("table.leaderboard > tbody > tr"))
         .map(|r| {
-            r.select(&sel("td"))
+            r.children()
+                .filter_map(scraper::ElementRef::wrap)
+                .filter(|c| c.value().name() == "td")
                 .map(|c| c.text().collect::<String>())
                 .collect()
         })
         .collect();
     assert_eq!(rows.len(), 2);
+    // The headline eval metrics lead (issue 22): columns are found by their header.
+    let header = texts(&doc, "table.leaderboard > thead th");
+    let col = |h: &str| header.iter().position(|x| x == h).unwrap();
+    assert_eq!(
+        header[..5],
+        [
+            "#",
+            "name",
+            "stage2/eval/Bleu_4",
+            "stage2/eval/CIDEr",
+            "stage2/eval/qa_acc"
+        ]
+    );
+    assert_eq!(header[5], "stage1/train/loss", "losses next");
     // Ranked by stage-2 validation loss: alpha (0.0667) before beta (0.1667).
     assert_eq!(
         (rows[0][1].as_str(), rows[1][1].as_str()),
         ("alpha", "beta")
     );
-    assert_eq!(rows[0][2], ia);
-    assert_eq!(rows[1][7], "16", "LoRA rank column");
-    assert_eq!(rows[0][5], "builtin:v");
+    assert_eq!(rows[0][col("id")], ia);
+    assert_eq!(rows[1][col("LoRA rank")], "16", "LoRA rank column");
+    assert_eq!(rows[0][col("encoder")], "builtin:v");
     assert_eq!(
-        rows[0].last().unwrap(),
+        rows[0][col("tokens/s (mean)")],
         "1015.5",
         "mean tokens/s of stage 2"
     );
-    let header = texts(&doc, "table.leaderboard th");
+    // No per-item data in these runs: values without intervals or marks.
+    assert_eq!(rows[1][col("stage2/eval/qa_acc")], "0.5500-");
     for h in [
         "stage2/val/loss",
         "stage2/eval/CIDEr",

@@ -26,6 +26,16 @@ fn world(dir: &Path) {
 }
 
 fn exp(dir: &Path, name: &str, stage1_steps: u64, extra: &str) -> std::path::PathBuf {
+    exp_with(dir, name, stage1_steps, 6, extra)
+}
+
+fn exp_with(
+    dir: &Path,
+    name: &str,
+    stage1_steps: u64,
+    stage2_steps: u64,
+    extra: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"name = "{name}"
 seed = 5
@@ -48,7 +58,7 @@ warmup = 0.05
 checkpoint_every = 10
 keep_checkpoints = 2
 [stage2]
-max_steps = 6
+max_steps = {stage2_steps}
 batch = 8
 grad_accum = 1
 lr = 1e-3
@@ -67,6 +77,10 @@ gallery = 4
         root = dir.display(),
     );
     write(dir, &format!("{name}.toml"), &text)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 fn series(rows: &[metrics::Row], stage: &str, split: &str, metric: &str) -> Vec<f64> {
@@ -100,7 +114,7 @@ fn two_stages_train_on_the_synthetic_world() {
     let d = tempfile::tempdir().unwrap();
     world(d.path());
     let (results, cache) = (d.path().join("results"), d.path().join("cache"));
-    let f = exp(d.path(), "e2e", 100, "");
+    let f = exp_with(d.path(), "e2e", 100, 30, "");
     succeed(harness_train(d.path(), &results, &cache).arg("run").arg(&f));
     let store = Store::new(&results);
     let id = store.resolve("e2e").unwrap();
@@ -109,8 +123,7 @@ fn two_stages_train_on_the_synthetic_world() {
 
     let loss = series(&rows, "stage1", "train", "loss");
     assert_eq!(loss.len(), 100);
-    let first = loss[..5].iter().sum::<f64>() / 5.0;
-    let last = loss[loss.len() - 5..].iter().sum::<f64>() / 5.0;
+    let (first, last) = (mean(&loss[..5]), mean(&loss[loss.len() - 5..]));
     eprintln!("stage 1 loss: first 5 steps {first:.3}, last 5 steps {last:.3}");
     // Captions have irreducible entropy (five paraphrases per image, shapes in any order),
     // so the floor is far above zero: measured 1.13 -> 0.78 at this size.
@@ -130,7 +143,14 @@ fn two_stages_train_on_the_synthetic_world() {
     }
     assert!(!series(&rows, "stage1", "val", "loss").is_empty());
     assert!(!series(&rows, "stage1", "val", "perplexity").is_empty());
-    assert!(!series(&rows, "stage2", "train", "loss").is_empty());
+    let loss2 = series(&rows, "stage2", "train", "loss");
+    assert_eq!(loss2.len(), 30);
+    let (first2, last2) = (mean(&loss2[..5]), mean(&loss2[loss2.len() - 5..]));
+    eprintln!("stage 2 loss: first 5 steps {first2:.3}, last 5 steps {last2:.3} ({loss2:?})");
+    assert!(
+        last2 < 0.9 * first2,
+        "stage-2 loss must fall: {first2} -> {last2}"
+    );
     assert!(!series(&rows, "stage2", "val", "loss").is_empty());
     let cached = series(&rows, "stage1", "data", "clip_forward_images");
     assert!(cached[0] > 0.0, "the first stage computes CLIP features");
@@ -157,6 +177,34 @@ fn two_stages_train_on_the_synthetic_world() {
         .map(|r| r.metric.as_str())
         .collect();
     assert!(types.len() >= 2, "accuracy per question type: {types:?}");
+    // Every scored item is in the run's item tables, and recomputing the metrics from
+    // them gives what was logged.
+    let items = harness::store::items::read_dir(&store.run_dir(&id)).unwrap();
+    let caps: Vec<_> = items.iter().filter(|i| i.task == "captions").collect();
+    let qa: Vec<_> = items.iter().filter(|i| i.task == "qa").collect();
+    assert_eq!(caps.len(), 8, "caption_images = 8");
+    assert!(caps
+        .iter()
+        .all(|i| i.item.ends_with(".jpg") && !i.item.contains('/')));
+    assert!(!qa.is_empty() && qa.len() <= 40);
+    assert!(qa
+        .iter()
+        .all(|i| i.item.contains(".jpg#") && (i.score == 0.0 || i.score == 1.0)));
+    let recomputed = harness::eval::intervals::run_intervals(&items, &Default::default()).unwrap();
+    for m in recomputed {
+        let logged = rows
+            .iter()
+            .find(|r| format!("{}/{}/{}", r.stage, r.split, r.metric) == m.key)
+            .unwrap_or_else(|| panic!("{} was not logged", m.key));
+        assert!(
+            (logged.value - m.interval.value).abs() < 1e-9,
+            "{}: logged {} recomputed {}",
+            m.key,
+            logged.value,
+            m.interval.value
+        );
+        assert!(m.interval.low <= m.interval.value && m.interval.value <= m.interval.high);
+    }
     eprintln!(
         "eval: Bleu_4 {:.3} CIDEr {:.3} qa_acc {:.3} ({types:?})",
         series(&rows, "stage1", "eval", "Bleu_4")[0],

@@ -17,14 +17,21 @@
 //! [0, 1] (the scripts print some as percentages); MME scores are MME's points
 //! (accuracy + accuracy+ per subtask, times 100). [`BenchScore::store_metrics`] names them
 //! `bench/<task>/<metric>` for the run store.
+//!
+//! Generation: [`run`] has a run's model answer a benchmark's questions
+//! (`harness eval bench`, `[[eval.bench]]`), from a folder in LLaVA's eval layout
+//! ([`layout`]), into an answers file that survives interruption ([`answer_log`]).
 
+pub mod answer_log;
 pub mod answers;
 pub mod gqa;
+pub mod layout;
 pub mod matching;
 pub mod mme;
 pub mod normalize;
 pub mod pope;
 pub mod pystr;
+pub mod run;
 pub mod scienceqa;
 pub mod textvqa;
 pub mod vqav2;
@@ -325,6 +332,12 @@ mod tests {
             e.contains("one of pope, textvqa, vqav2, gqa, scienceqa, mme"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn config_names_the_same_tasks() {
+        let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, crate::config::BENCH_TASKS);
     }
 
     #[test]
