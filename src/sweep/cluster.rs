@@ -82,6 +82,9 @@ pub struct SavedRun {
     pub stage2: String,
     /// The resolved experiment (every default filled in), as TOML.
     pub experiment: String,
+    /// The seed when the run is one replica of its file's experiment (`seeds = [..]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u64>,
 }
 
 /// One submission, as `jobs.json` lists them.
@@ -133,6 +136,7 @@ pub fn save(
                     stage1: keys.stage1,
                     stage2: keys.stage2,
                     experiment: config::to_toml(&p.exp.exp),
+                    replica: p.exp.replica,
                 }
             })
             .collect(),
@@ -202,9 +206,7 @@ impl SavedPlan {
                 Ok(LoadedExperiment {
                     path: r.file.clone(),
                     exp,
-                    // A saved replica is already resolved (its seed set, its name
-                    // suffixed), and workers run it in-process: no `--seed` to pass on.
-                    replica: None,
+                    replica: r.replica,
                 })
             })
             .collect()
