@@ -129,6 +129,7 @@ mod tests {
             "src/model/synth_backbone/mod.rs",
             "src/model/synth_backbone/writer.rs",
             "src/data/inspect.rs",
+            "src/data/synth_bench.rs",
             "src/store/mod.rs",
             "src/eval/captions.rs",
             "src/train/evaluate.rs",
