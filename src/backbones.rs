@@ -6,7 +6,11 @@
 //! ([`crate::sweep::backbones`]). Stages only resolve a backbone that exists.
 //!
 //! It sits on the ground floor: the experiment's stage keys ([`crate::config`]) include
-//! each builtin's recipe key, so a changed recipe never reuses stages of the old one.
+//! each builtin's recipe key, so a changed recipe never reuses stages of the old one. The
+//! cache key also covers the code fingerprint of the binary (the same one as the stage
+//! keys', from the build script): the code that trains a backbone (`src/pretrain/`, and the
+//! model, data and training code it calls) is part of what the backbone is, so after a
+//! change there a sweep builds it anew rather than training stages on a stale one.
 
 use std::path::{Path, PathBuf};
 
@@ -108,8 +112,19 @@ fn key_of(v: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(serde_json::to_vec(v).expect("json")))
 }
 
-/// The cache folder of `builtin:NAME` trained on `world`.
+/// The code fingerprint of this binary ([`crate::config::fingerprint::FINGERPRINT`], which
+/// this module cannot name: it sits below it).
+const CODE: &str = env!("HARNESS_CODE_FINGERPRINT");
+
+/// The cache folder of `builtin:NAME` trained on `world` by this binary's code.
 pub fn dir(name: &str, world: &Path) -> Result<PathBuf> {
+    dir_for_code(name, world, Some(CODE))
+}
+
+/// The cache folder of `builtin:NAME` trained on `world` by the code with fingerprint
+/// `code`; `None` names a build of a binary from before code fingerprints (keyed by recipe
+/// and world alone), for the runs it trained.
+pub fn dir_for_code(name: &str, world: &Path, code: Option<&str>) -> Result<PathBuf> {
     let synth = world.join("synth.json");
     let world_id: serde_json::Value = crate::fsutil::read_json(&synth).with_context(|| {
         format!(
@@ -118,10 +133,14 @@ pub fn dir(name: &str, world: &Path) -> Result<PathBuf> {
             world.display()
         )
     })?;
-    let key = key_of(&json!({
+    let mut id = json!({
         "recipe": recipe(name)?.settings(),
         "world": world_id,
-    }));
+    });
+    if let Some(code) = code {
+        id["code"] = json!(code);
+    }
+    let key = key_of(&id);
     Ok(crate::fsutil::cache_root()
         .join("backbones")
         .join(format!("{name}-{}", &key[..12])))
@@ -132,11 +151,24 @@ pub fn dir(name: &str, world: &Path) -> Result<PathBuf> {
 /// `harness run` build missing ones first; `harness pretrain builtin NAME --world WORLD`
 /// builds one by hand).
 pub fn resolve(spec: &str, world: &Path) -> Result<PathBuf> {
+    resolve_for_code(spec, world, Some(CODE))
+}
+
+/// [`resolve`] for the build of the code with fingerprint `code` (`None`: from before
+/// fingerprints): a run's weights go with the backbone its own code trained them on.
+pub fn resolve_for_code(spec: &str, world: &Path, code: Option<&str>) -> Result<PathBuf> {
     let Some(name) = spec.strip_prefix("builtin:") else {
         return Ok(PathBuf::from(spec));
     };
-    let d = dir(name, world)?;
+    let d = dir_for_code(name, world, code)?;
     if !is_built(&d) {
+        if code != Some(CODE) {
+            bail!(
+                "builtin:{name} as built by the code that trained this run (fingerprint {}) is not in the cache (expected {}); this binary's code builds another one, on which the run was not trained",
+                code.map(|c| &c[..c.len().min(12)]).unwrap_or("none: before fingerprints"),
+                d.display()
+            );
+        }
         bail!(
             "builtin:{name} is not built yet for {} (expected in {}): `harness sweep` and `harness run` build it first, or run `harness pretrain builtin {name} --world {}`",
             world.display(),
@@ -284,5 +316,46 @@ impl Default for LmPretrainOptions {
             seed: 0,
             progress: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_covers_the_code_and_keeps_the_old_name_for_old_builds() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("synth.json"), r#"{"seed": 3}"#).unwrap();
+        let world = json!({"seed": 3});
+        let name_of = |id: serde_json::Value| format!("clip-p8-{}", &key_of(&id)[..12]);
+        let settings = recipe("clip-p8").unwrap().settings();
+        let file = |p: PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        // Before fingerprints: recipe and world alone, as those binaries named their builds.
+        let old = dir_for_code("clip-p8", d.path(), None).unwrap();
+        assert_eq!(
+            file(old.clone()),
+            name_of(json!({"recipe": settings, "world": world}))
+        );
+        // This binary's build: recipe, world and its code fingerprint.
+        let now = dir("clip-p8", d.path()).unwrap();
+        assert_eq!(
+            file(now.clone()),
+            name_of(json!({"recipe": settings, "world": world, "code": CODE}))
+        );
+        assert_ne!(now, old);
+        assert_ne!(
+            now,
+            dir_for_code("clip-p8", d.path(), Some("other code")).unwrap()
+        );
+        assert_eq!(now.parent(), old.parent());
+        // A run of other code whose backbone is gone says so.
+        let e = resolve_for_code("builtin:clip-p8", d.path(), Some("0123456789abcdef"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("0123456789ab") && e.contains("not in the cache"),
+            "{e}"
+        );
     }
 }

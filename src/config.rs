@@ -3,7 +3,11 @@
 //! Parsing is strict (unknown keys and wrong types are errors naming the file, key and line),
 //! every default is filled in before hashing, and the hashes are computed over a canonical
 //! JSON form (keys sorted, floats in Rust's shortest round-trip form), so key order, comments,
-//! whitespace and spelling out a default never change an experiment's identity.
+//! whitespace and spelling out a default never change an experiment's identity. A stage's
+//! key joins its config key with the code fingerprint ([`fingerprint`]): the code that
+//! trains is part of what a stage is.
+
+pub mod fingerprint;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -829,18 +833,46 @@ pub fn hash_value(v: &Value) -> String {
     hex::encode(Sha256::digest(serde_json::to_vec(v).expect("json")))
 }
 
-/// Stage keys: stage 1's covers everything stage 1 reads; stage 2's covers stage 1's key
-/// plus the stage-2 inputs. Names, backends and eval settings do not change what a stage
-/// learns, so they are left out: runs that differ only there share their stages.
+/// Stage keys. Each stage has a config key, the hash of what it reads from the experiment
+/// (stage 1's: everything stage 1 reads; stage 2's: stage 1's config key plus the stage-2
+/// inputs), and a key, which joins the config key with the code fingerprint
+/// ([`stage_code_key`]): the key under which a completed stage is stored and reused. Names,
+/// backends and eval settings do not change what a stage learns, so they are left out: runs
+/// that differ only there share their stages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageKeys {
+    /// Stage 1's key: its config key and the code.
     pub stage1: String,
+    /// Stage 2's key: its config key, the code, and stage 1's key.
     pub stage2: String,
+    /// Stage 1's config key, whatever the code (`--reuse config`).
+    pub stage1_config: String,
+    /// Stage 2's config key (it covers stage 1's), whatever the code.
+    pub stage2_config: String,
+    /// The code fingerprint in `stage1` and `stage2`.
+    pub code: String,
     /// The whole resolved config except the name: identifies the run.
     pub config: String,
 }
 
+impl StageKeys {
+    /// Stage `n`'s (1 or 2) key and config key.
+    pub fn of(&self, n: u8) -> (&str, &str) {
+        if n == 1 {
+            (&self.stage1, &self.stage1_config)
+        } else {
+            (&self.stage2, &self.stage2_config)
+        }
+    }
+}
+
+/// The keys of an experiment's stages as trained by this binary's code.
 pub fn stage_keys(exp: &Experiment) -> StageKeys {
+    stage_keys_for(exp, fingerprint::FINGERPRINT)
+}
+
+/// The keys of an experiment's stages as trained by the code with fingerprint `code`.
+pub fn stage_keys_for(exp: &Experiment, code: &str) -> StageKeys {
     let v = canonical(exp);
     let d = &v["data"];
     let mut s1 = BTreeMap::new();
@@ -874,11 +906,23 @@ pub fn stage_keys(exp: &Experiment) -> StageKeys {
     if let Value::Object(m) = &mut all {
         m.remove("name");
     }
+    let k1 = stage_code_key(&h1, code, None);
     StageKeys {
-        stage1: h1,
-        stage2: h2,
+        stage2: stage_code_key(&h2, code, Some(&k1)),
+        stage1: k1,
+        stage1_config: h1,
+        stage2_config: h2,
+        code: code.to_string(),
         config: hash_value(&all),
     }
+}
+
+/// A stage's key: sha256 of its config key, the code fingerprint and, for stage 2, the key
+/// of the stage-1 result it starts from (normally stage 1's key under the same code; the
+/// key of another code's result when stage 1 was reused across a code change, so such a
+/// stage 2 never passes for one trained wholly by this code).
+pub fn stage_code_key(config_key: &str, code: &str, stage1: Option<&str>) -> String {
+    hash_value(&serde_json::json!({ "config": config_key, "code": code, "stage1": stage1 }))
 }
 
 /// `<name>-s<seed>`: the name of the replica of `name` with `seed`.

@@ -43,6 +43,7 @@ pub fn submit(
     results: &Path,
     files: &[PathBuf],
     dry_run: bool,
+    reuse: crate::sweep::plan::ReuseMode,
     a: &SlurmArgs,
 ) -> anyhow::Result<()> {
     let store = Store::new(results);
@@ -54,6 +55,7 @@ pub fn submit(
         time: a.time.clone(),
         sbatch_args: a.sbatch_args.clone(),
         dry_run,
+        reuse,
     };
     // Before reading the code state (which may warn): no Slurm is the first thing to say.
     if !dry_run {

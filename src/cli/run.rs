@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::store::{self, Store};
-use crate::sweep::plan::{self, ExecOptions, Outcome, Seeds};
+use crate::sweep::plan::{self, ExecOptions, Outcome, ReuseMode, Seeds};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -14,9 +14,13 @@ pub struct RunArgs {
     /// Continue an interrupted or failed run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Print the plan (which stages run, which are reused and from where) and stop.
+    /// Print the plan (which stages run and why, which are reused and from where) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Which completed stages to reuse: `code`, those of the same config and code;
+    /// `config`, any of the same config whatever the code (recorded in status.json).
+    #[arg(long, value_enum, default_value_t = ReuseMode::Code)]
+    pub reuse: ReuseMode,
     /// Run only the replica with this seed (`<name>-s<SEED>`), whether or not the file
     /// lists it in `seeds`.
     #[arg(long)]
@@ -28,9 +32,14 @@ pub struct SweepArgs {
     /// Experiment files; all are validated before anything runs.
     #[arg(required_unless_present = "status")]
     pub files: Vec<PathBuf>,
-    /// Print the plan and stop (with --slurm: also the batch script).
+    /// Print the plan (which stages run and why, which are reused and from where) and stop
+    /// (with --slurm: also the batch script).
     #[arg(long)]
     pub dry_run: bool,
+    /// Which completed stages to reuse: `code`, those of the same config and code;
+    /// `config`, any of the same config whatever the code (recorded in status.json).
+    #[arg(long, value_enum, default_value_t = ReuseMode::Code)]
+    pub reuse: ReuseMode,
     /// Runs (and backbone builds) side by side, each in its own process: 0 = one per core
     /// on the CPU (each keeps about one core busy), one on a GPU.
     #[arg(long, default_value_t = 0)]
@@ -54,7 +63,16 @@ pub struct SweepArgs {
 
 pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
     let seeds = a.seed.map_or(Seeds::AsWritten, Seeds::Only);
-    go(results, &[a.file], a.dry_run, a.resume, 1, seeds, false)
+    go(
+        results,
+        &[a.file],
+        a.dry_run,
+        a.resume,
+        1,
+        seeds,
+        false,
+        a.reuse,
+    )
 }
 
 /// Sweeps continue interrupted runs: that is what re-running a sweep is for. A sweep
@@ -64,12 +82,15 @@ pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
         return super::cluster::status(results, id);
     }
     if a.slurm {
-        return super::cluster::submit(results, &a.files, a.dry_run, &a.slurm_args);
+        return super::cluster::submit(results, &a.files, a.dry_run, a.reuse, &a.slurm_args);
     }
     let seeds = a.seeds.map_or(Seeds::AsWritten, Seeds::Count);
-    go(results, &a.files, a.dry_run, true, a.jobs, seeds, true)
+    go(
+        results, &a.files, a.dry_run, true, a.jobs, seeds, true, a.reuse,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn go(
     results: &Path,
     files: &[PathBuf],
@@ -78,12 +99,13 @@ fn go(
     jobs: usize,
     seeds: Seeds,
     skip_held: bool,
+    reuse: ReuseMode,
 ) -> anyhow::Result<()> {
     let store = Store::new(results);
     let exps = plan::load_with(files, seeds)?;
     let code = plan::code_state_here();
     if dry_run {
-        let p = plan::plan(&store, &exps, &code)?;
+        let p = plan::plan(&store, &exps, &code, reuse)?;
         print!("{}", plan::describe(&p));
         print!(
             "{}",
@@ -127,9 +149,10 @@ fn go(
     let opts = ExecOptions {
         resume,
         skip_held,
+        reuse,
         ..Default::default()
     };
-    let planned = plan::plan(&store, &exps, &code)?;
+    let planned = plan::plan(&store, &exps, &code, reuse)?;
     let jobs = match jobs {
         0 => crate::sweep::parallel::auto_jobs(&planned),
         n => n,
@@ -140,7 +163,7 @@ fn go(
         crate::sweep::backbones::prepare(&planned, if side_by_side { jobs } else { 1 }, results)?;
     }
     let outcomes = if side_by_side {
-        crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results)?
+        crate::sweep::parallel::sweep(&store, &planned, &code, jobs, results, reuse)?
     } else {
         plan::sweep(&store, &exps, &code, runner.as_ref(), &opts)?
     };

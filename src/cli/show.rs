@@ -46,16 +46,28 @@ pub fn show(results: &Path, a: ShowArgs) -> anyhow::Result<()> {
             p.started,
             p.ended.as_deref().unwrap_or("-")
         );
+        match &p.fingerprint {
+            Some(f) => println!("code     {} ({} files)", &f.sha256[..12], f.files.len()),
+            None => println!("code     - (recorded before code fingerprints)"),
+        }
     }
     for (name, st) in &s.stages {
         println!(
-            "{name}   {} (key {}, result of {}){}",
+            "{name}   {} (key {}, result of {}){}{}",
             st.state,
             &st.key[..12],
             st.run_id,
             st.worker
                 .as_ref()
                 .map(|w| format!(", trained in {w}"))
+                .unwrap_or_default(),
+            st.reused_across_code
+                .as_ref()
+                .map(|c| format!(
+                    ", across a code change from {}: {}",
+                    c.commit(),
+                    c.files_summary()
+                ))
                 .unwrap_or_default()
         );
     }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::session::stage_final_dir;
+use super::session::{stage_final_dir, weights_code};
 use crate::backend::Compute;
 use crate::model::assembly;
 use crate::model::clip::ClipVisionConfig;
@@ -69,7 +69,8 @@ pub fn export_run(
         _ => anyhow::bail!("run {run_id} has no completed stage to export"),
     };
     let device = Default::default();
-    let dirs = assembly::backbone_dirs(&exp)?;
+    let code = weights_code(store, &run_id, stage);
+    let dirs = assembly::backbone_dirs_for_code(&exp, code.as_deref())?;
     let lm_dir = dirs.lm;
     let vcfg = ClipVisionConfig::load(&dirs.vision)?;
     let lcfg = PhiConfig::load(&lm_dir)?;

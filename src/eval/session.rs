@@ -83,6 +83,19 @@ pub fn stage_final_dir(store: &Store, run_id: &str, stage: u8) -> Result<Option<
     Ok(Some(dir))
 }
 
+/// The code fingerprint of the run that trained `stage`'s weights for `run_id` (itself, or
+/// the run the stage was reused from), from its `provenance.json`; `None` when it recorded
+/// none. Its `builtin:` backbones are the builds of that code.
+pub fn weights_code(store: &Store, run_id: &str, stage: u8) -> Option<String> {
+    let status = store.read_status(run_id).ok()?;
+    let source = &status.stages.get(&format!("stage{stage}"))?.run_id;
+    store
+        .read_provenance(source)
+        .ok()?
+        .fingerprint
+        .map(|f| f.sha256)
+}
+
 impl Session {
     /// Loads run `reference` (id, id prefix or experiment name) from the store at its
     /// latest completed stage.
@@ -104,7 +117,8 @@ impl Session {
             _ => bail!("run {run_id} has no completed stage to load (see `harness show {run_id}`)"),
         };
         let device = crate::backend::device(exp.devices.first().copied().unwrap_or(0));
-        let dirs = assembly::backbone_dirs(&exp)?;
+        let code = weights_code(store, &run_id, stage);
+        let dirs = assembly::backbone_dirs_for_code(&exp, code.as_deref())?;
         let (vision_dir, lm_dir) = (dirs.vision, dirs.lm);
 
         let (select, pre) = assembly::vision_setup(&exp, &vision_dir)?;

@@ -32,12 +32,18 @@ pub struct BackboneDirs {
 }
 
 /// Resolves the experiment's vision and LM specs to folders (a `builtin:` one must be
-/// built already: [`crate::backbones::resolve`]).
+/// built already: [`crate::backbones::resolve`]), as this binary's code builds them.
 pub fn backbone_dirs(exp: &Experiment) -> Result<BackboneDirs> {
+    backbone_dirs_for_code(exp, Some(crate::config::fingerprint::FINGERPRINT))
+}
+
+/// [`backbone_dirs`] as the code with fingerprint `code` built them (`None`: a binary from
+/// before fingerprints): trained weights are loaded onto the backbones they were trained on.
+pub fn backbone_dirs_for_code(exp: &Experiment, code: Option<&str>) -> Result<BackboneDirs> {
     let world = Path::new(&exp.data.coco_root);
     Ok(BackboneDirs {
-        vision: crate::backbones::resolve(&exp.model.vision, world)?,
-        lm: crate::backbones::resolve(&exp.model.lm, world)?,
+        vision: crate::backbones::resolve_for_code(&exp.model.vision, world, code)?,
+        lm: crate::backbones::resolve_for_code(&exp.model.lm, world, code)?,
     })
 }
 

@@ -129,7 +129,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
     let firsts: Vec<&RunData> = subs.iter().map(|s| s.first()).collect();
     let body = format!(
         "<h1>Compare: {title}</h1>\
-         <h2>Runs</h2>{runs_table}\
+         <h2>Runs</h2>{runs_table}{across}\
          <h2>Is the difference real?</h2>{differences}\
          <h2>Config differences</h2>{diff}\
          <h2>Curves</h2><p class=\"muted\">Faint: raw values (downsampled, extremes kept); \
@@ -142,6 +142,7 @@ pub fn write(store: &Store, refs: &[String], o: &CompareOptions) -> Result<PathB
          <h2>Provenance</h2>{prov}",
         title = esc(&labels.join(" vs ")),
         runs_table = runs_table(&subs, &labels, &folder, store),
+        across = sections::across_code_notes(&all_runs),
         differences = differences(&subs, &labels, &o.bootstrap),
         diff = config_diff(&firsts, &labels),
         smoothing = esc(&o.charts.smoothing.label()),

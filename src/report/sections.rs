@@ -156,9 +156,13 @@ pub fn status(r: &RunData) -> String {
                 td("this run")
             } else {
                 format!(
-                    "<td>reused from <a href=\"{}\">{}</a></td>",
+                    "<td>reused from <a href=\"{}\">{}</a>{}</td>",
                     href(&format!("../{}/report.html", st.run_id)),
-                    esc(&st.run_id)
+                    esc(&st.run_id),
+                    st.reused_across_code
+                        .as_ref()
+                        .map(|c| format!(" <span class=\"err\">{}</span>", esc(&across_code(c))))
+                        .unwrap_or_default()
                 )
             };
             format!(
@@ -321,6 +325,35 @@ pub fn config_brief(r: &RunData) -> String {
         .map(|(k, v)| format!("<th>{}</th>{}", esc(k), td(v)))
         .collect();
     table("brief", &["", ""], &rows)
+}
+
+/// `reused across a code change from commit X (the code differs in ...)`: a stage that
+/// `--reuse config` took from a run of other code.
+pub fn across_code(c: &crate::store::CodeChange) -> String {
+    format!(
+        "reused across a code change from {} ({})",
+        c.commit(),
+        c.files_summary()
+    )
+}
+
+/// One line per stage of these runs reused across a code change, or nothing.
+pub fn across_code_notes(runs: &[&RunData]) -> String {
+    let mut s = String::new();
+    for r in runs {
+        for (name, st) in &r.status.stages {
+            if let Some(c) = &st.reused_across_code {
+                let _ = write!(
+                    s,
+                    "<p class=\"err\">{}: {name} {} (result of {})</p>",
+                    esc(r.id()),
+                    esc(&across_code(c)),
+                    esc(&st.run_id)
+                );
+            }
+        }
+    }
+    s
 }
 
 /// Last value of every metric (counts apart), with its step.

@@ -1,7 +1,7 @@
 //! The run store: `results/<run-id>/` holds one run's `run.toml`, `provenance.json`,
 //! `status.json`, `metrics/`, `checkpoints/`, `charts/`, `report.html` and `log.txt`.
-//! `results/_stages/` records which run produced each completed stage key, so later runs
-//! reuse it.
+//! `results/_stages/` records which run produced each completed stage key (with the
+//! stage's config key and the code fingerprint beside it), so later runs reuse it.
 //!
 //! Claims are files created exclusively (O_EXCL), which works on local and shared file
 //! systems alike. A claim is stale when its owner is a dead pid on this host, or when the
@@ -70,6 +70,77 @@ pub struct StageStatus {
     /// Who trained it (this run's own stages; a reused stage's trainer is in its source run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<worker::WorkerInfo>,
+    /// Set when `--reuse config` reused a result that other code trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_across_code: Option<CodeChange>,
+}
+
+/// How the code of a stage result differs from this binary's: the commit it was trained
+/// at and the files whose hashes differ (from that run's `provenance.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeChange {
+    /// Full commit id of the run that trained it (or `no-git`).
+    pub from_commit: String,
+    /// Whether that run's tree had uncommitted changes.
+    #[serde(default)]
+    pub from_dirty: bool,
+    /// Its code fingerprint; `None` for a run recorded before fingerprints were.
+    pub from_fingerprint: Option<String>,
+    /// Fingerprinted files that differ (changed, added or removed), sorted; empty when
+    /// unknown (no fingerprint recorded, and no commit to read them from).
+    pub files: Vec<String>,
+    /// For a run that recorded no fingerprint: `files` were found by reading the
+    /// fingerprinted files of its commit with git2 (from the repository the harness runs
+    /// in), not from recorded hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_from_commit: bool,
+}
+
+impl CodeChange {
+    /// `commit 1a2b3c4` (with ` (dirty)` when its tree was).
+    pub fn commit(&self) -> String {
+        let short: String = self.from_commit.chars().take(7).collect();
+        format!(
+            "commit {short}{}",
+            if self.from_dirty { " (dirty)" } else { "" }
+        )
+    }
+
+    /// `the code differs in 2 files: a, b`, or why the files are unknown.
+    pub fn files_summary(&self) -> String {
+        let n = self.files.len();
+        let listed = || {
+            format!(
+                "{n} file{}: {}",
+                if n == 1 { "" } else { "s" },
+                crate::config::fingerprint::name_files(&self.files, 8)
+            )
+        };
+        // Read from the commit, so a dirty run's uncommitted changes are not in them.
+        let aside = if self.from_dirty {
+            " (its uncommitted changes aside)"
+        } else {
+            ""
+        };
+        match (&self.from_fingerprint, n) {
+            (None, 0) if self.files_from_commit => format!(
+                "its run recorded no code fingerprint, though the fingerprinted files at its \
+                 commit are those of this code{aside}"
+            ),
+            (None, _) if self.files_from_commit => format!(
+                "its run recorded no code fingerprint, and the code at its commit differs in {}{aside}",
+                listed()
+            ),
+            (None, _) => "its run recorded no code fingerprint (made before fingerprints were \
+                          part of the keys), so which files differ is unknown"
+                .into(),
+            (Some(f), 0) if f == crate::config::fingerprint::FINGERPRINT => {
+                "it was trained by this code, on a stage-1 result of other code".into()
+            }
+            (Some(_), 0) => "the code fingerprint differs (no file's hash does)".into(),
+            (Some(_), _) => format!("the code differs in {}", listed()),
+        }
+    }
 }
 
 /// `status.json`.
@@ -354,15 +425,69 @@ impl Store {
         read_json(&self.stages_dir().join(format!("{key}.json"))).ok()
     }
 
-    /// Records that `run_id` completed the stage `key`.
-    pub fn record_stage(&self, key: &str, stage: u8, run_id: &str) -> Result<()> {
+    /// The latest completed stage with config key `config_key`, whatever code trained it
+    /// (records from before code fingerprints count: their key was the config key).
+    pub fn completed_stage_by_config(&self, config_key: &str) -> Option<StageRecord> {
+        let entries = fs::read_dir(self.stages_dir()).ok()?;
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| read_json::<StageRecord>(&e.path()).ok())
+            .filter(|r| r.config_key.as_deref().unwrap_or(&r.key) == config_key)
+            .max_by(|a, b| (&a.completed, &a.key).cmp(&(&b.completed, &b.key)))
+    }
+
+    /// Records that `run_id` completed stage `stage` under `key` (its config key and the
+    /// code fingerprint beside it, for `--reuse config` and for saying what changed).
+    pub fn record_stage(
+        &self,
+        key: &str,
+        config_key: &str,
+        fingerprint: &str,
+        stage: u8,
+        run_id: &str,
+    ) -> Result<()> {
         let rec = StageRecord {
             key: key.into(),
+            config_key: Some(config_key.into()),
+            fingerprint: Some(fingerprint.into()),
             stage,
             run_id: run_id.into(),
             completed: now_rfc3339(),
         };
         write_json(&self.stages_dir().join(format!("{key}.json")), &rec)
+    }
+
+    /// How the code that trained run `run_id` differs from this binary's: from the
+    /// per-file hashes in its `provenance.json`, which are those of the binary that ran
+    /// (committed or not); for a run that recorded none, from its commit's fingerprinted
+    /// files, read with git2 in the repository the harness runs in, when that commit is
+    /// there ([`provenance::fingerprinted_files_at`]).
+    pub fn code_change_from(&self, run_id: &str) -> CodeChange {
+        let prov = self.read_provenance(run_id).ok();
+        let (from_commit, from_dirty) = prov
+            .as_ref()
+            .map(|p| (p.code.commit.clone(), p.code.dirty))
+            .unwrap_or_else(|| ("unknown".into(), false));
+        let fp = prov.and_then(|p| p.fingerprint);
+        let now = crate::config::fingerprint::CodeFingerprint::built();
+        let (files, files_from_commit) = match &fp {
+            Some(f) => (
+                crate::config::fingerprint::differing(&f.files, &now.files),
+                false,
+            ),
+            None => match provenance::fingerprinted_files_at(Path::new("."), &from_commit) {
+                Some(at) => (crate::config::fingerprint::differing(&at, &now.files), true),
+                None => (vec![], false),
+            },
+        };
+        CodeChange {
+            from_commit,
+            from_dirty,
+            from_fingerprint: fp.map(|f| f.sha256),
+            files,
+            files_from_commit,
+        }
     }
 
     /// Resolves a run reference: a full id, a unique id prefix, or an experiment name (its
@@ -424,6 +549,13 @@ impl Store {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
     pub key: String,
+    /// The stage's config key (`None` in records from before code fingerprints, whose
+    /// `key` was the config key).
+    #[serde(default)]
+    pub config_key: Option<String>,
+    /// The code fingerprint that trained it (`None` before fingerprints).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
     pub stage: u8,
     pub run_id: String,
     pub completed: String,

@@ -1,6 +1,8 @@
 //! Where a run's code came from: the git commit, branch, and, for a dirty tree, the diff
 //! (tracked and untracked files) and its hash. Outside a repository the run is marked
-//! `no-git` with a warning instead of failing.
+//! `no-git` with a warning instead of failing. Beside them the binary's code fingerprint
+//! and its per-file hashes ([`crate::config::fingerprint`]), which identify the code that
+//! ran even when the harness ran outside the tree it was built from.
 
 use std::path::Path;
 
@@ -160,6 +162,10 @@ pub struct Provenance {
     pub command: Vec<String>,
     pub started: String,
     pub ended: Option<String>,
+    /// The code fingerprint of the binary and the per-file hashes it covers (`None` in
+    /// runs recorded before fingerprints).
+    #[serde(default)]
+    pub fingerprint: Option<crate::config::fingerprint::CodeFingerprint>,
 }
 
 impl Provenance {
@@ -175,6 +181,54 @@ impl Provenance {
             command: std::env::args().collect(),
             started: crate::fsutil::now_rfc3339(),
             ended: None,
+            fingerprint: Some(crate::config::fingerprint::CodeFingerprint::built()),
         }
     }
+}
+
+/// The sha256 of each file the code fingerprint's list covers, as commit `commit` of the
+/// repository containing `dir` holds them (read with git2 from that commit's tree): how a
+/// run that recorded no fingerprint (one from before fingerprints) can still say which
+/// fingerprinted files differ from this binary's. `None` when there is no repository, the
+/// commit is not in it, or its tree holds none of the listed files (the repository is not
+/// the harness's source, so it says nothing about the code).
+pub fn fingerprinted_files_at(
+    dir: &Path,
+    commit: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    use crate::config::fingerprint;
+    let rules = fingerprint::parse(fingerprint::LIST).ok()?;
+    let repo = Repository::discover(dir).ok()?;
+    let oid = git2::Oid::from_str(commit).ok()?;
+    let tree = repo.find_commit(oid).ok()?.tree().ok()?;
+    let mut files = std::collections::BTreeMap::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        let Some(name) = entry.name() else {
+            return git2::TreeWalkResult::Skip;
+        };
+        let path = format!("{root}{name}");
+        if entry.kind() == Some(git2::ObjectType::Tree) {
+            // Only folders on the way to a listed path, or under one.
+            let folder = format!("{path}/");
+            let wanted = rules.iter().any(|r| {
+                !r.exclude && (r.path.starts_with(&folder) || folder.starts_with(&r.path))
+            });
+            return if wanted {
+                git2::TreeWalkResult::Ok
+            } else {
+                git2::TreeWalkResult::Skip
+            };
+        }
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            return git2::TreeWalkResult::Ok;
+        }
+        if fingerprint::covers(&rules, &path) {
+            if let Ok(blob) = repo.find_blob(entry.id()) {
+                files.insert(path, hex::encode(Sha256::digest(blob.content())));
+            }
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .ok()?;
+    (!files.is_empty()).then_some(files)
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::parallel::needs_training;
-use super::plan::{self, ExecOptions, Outcome, PlannedRun};
+use super::plan::{self, ExecOptions, Outcome, PlannedRun, ReuseMode};
 use super::slurm::{self, JobId, SbatchOptions};
 use crate::config::{self, LoadedExperiment};
 use crate::fsutil::{now_rfc3339, read_json, write_json};
@@ -46,6 +46,8 @@ pub struct SubmitOptions {
     pub sbatch_args: Vec<String>,
     /// Print the script and the plan; write and submit nothing.
     pub dry_run: bool,
+    /// Which completed stages the workers reuse (`--reuse`).
+    pub reuse: ReuseMode,
 }
 
 /// The most array tasks chosen by default (ask for more with `--tasks`).
@@ -63,6 +65,9 @@ pub struct SavedPlan {
     /// experiments (data, `cache/`) mean it.
     pub cwd: PathBuf,
     pub runs: Vec<SavedRun>,
+    /// Which completed stages the workers reuse (`--reuse` of the latest submission).
+    #[serde(default)]
+    pub reuse: ReuseMode,
 }
 
 /// One run of a saved plan.
@@ -72,6 +77,7 @@ pub struct SavedRun {
     /// The experiment file it was planned from (for messages; workers read `experiment`).
     pub file: PathBuf,
     pub run_id: String,
+    /// The stage keys this code gives the experiment (whatever `--reuse` then reused).
     pub stage1: String,
     pub stage2: String,
     /// The resolved experiment (every default filled in), as TOML.
@@ -109,6 +115,7 @@ pub fn save(
     runs: &[PlannedRun],
     code: &CodeState,
     cwd: &Path,
+    reuse: ReuseMode,
 ) -> Result<SavedPlan> {
     let id = sweep_id(runs);
     let dir = sweep_dir(results, &id);
@@ -118,16 +125,22 @@ pub fn save(
         cwd: cwd.to_path_buf(),
         runs: runs
             .iter()
-            .map(|p| SavedRun {
-                name: p.exp.exp.name.clone(),
-                file: p.exp.path.clone(),
-                run_id: p.run_id.clone(),
-                stage1: p.keys.stage1.clone(),
-                stage2: p.keys.stage2.clone(),
-                experiment: config::to_toml(&p.exp.exp),
-                replica: p.exp.replica,
+            .map(|p| {
+                // Not `p.keys`: a stage 1 reused across a code change gives stage 2 a key
+                // of its own there, and workers check what this code makes.
+                let keys = config::stage_keys(&p.exp.exp);
+                SavedRun {
+                    name: p.exp.exp.name.clone(),
+                    file: p.exp.path.clone(),
+                    run_id: p.run_id.clone(),
+                    stage1: keys.stage1,
+                    stage2: keys.stage2,
+                    experiment: config::to_toml(&p.exp.exp),
+                    replica: p.exp.replica,
+                }
             })
             .collect(),
+        reuse,
     };
     code.save(&dir.join("code"))
         .with_context(|| format!("writing the sweep's code state to {}", dir.display()))?;
@@ -263,7 +276,7 @@ pub fn submit(
             );
         }
     }
-    let planned = plan::plan(store, &exps, code)?;
+    let planned = plan::plan(store, &exps, code, opts.reuse)?;
     let id = sweep_id(&planned);
     let results = std::path::absolute(&store.root)
         .with_context(|| format!("cannot resolve {}", store.root.display()))?;
@@ -305,7 +318,7 @@ pub fn submit(
     slurm::check_submission(&sopts, &partitions)?;
 
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
-    save(&results, &planned, code, &cwd)?;
+    save(&results, &planned, code, &cwd, opts.reuse)?;
     let script_path = dir.join("sweep.sbatch");
     slurm::write_script(&script_path, &script, &sopts)?;
     let earlier = read_submissions(&dir);
@@ -353,13 +366,14 @@ pub fn work(results: &Path, id: &str) -> Result<Vec<Outcome>> {
         WorkerInfo::current()
     );
     let runner = super::runner::default_runner();
-    let planned = plan::plan(&store, &exps, &code)?;
+    let planned = plan::plan(&store, &exps, &code, saved.reuse)?;
     if runner.needs_inputs() {
         super::backbones::prepare_shared(&planned)?;
     }
     let opts = ExecOptions {
         resume: true,
         skip_held: true,
+        reuse: saved.reuse,
         ..Default::default()
     };
     super::worker::work(&store, &planned, &code, runner.as_ref(), &opts)
@@ -574,7 +588,9 @@ mod tests {
         let store = Store::new(&d.path().join("results"));
         let (a, b) = (exp(d.path(), "a", 4), exp(d.path(), "b", 8));
         let c = code("0123456789abcdef");
-        let id = |exps: &[LoadedExperiment]| sweep_id(&plan::plan(&store, exps, &c).unwrap());
+        let id = |exps: &[LoadedExperiment]| {
+            sweep_id(&plan::plan(&store, exps, &c, ReuseMode::Code).unwrap())
+        };
         let ab = id(&[a.clone(), b.clone()]);
         assert_eq!(ab, id(&[b.clone(), a.clone()]), "order does not matter");
         assert_ne!(ab, id(std::slice::from_ref(&a)));
@@ -585,7 +601,9 @@ mod tests {
             "{ab}"
         );
         // Another commit makes other run ids, so another sweep.
-        let other = sweep_id(&plan::plan(&store, &[a, b], &code("fedcba9876543210")).unwrap());
+        let other = sweep_id(
+            &plan::plan(&store, &[a, b], &code("fedcba9876543210"), ReuseMode::Code).unwrap(),
+        );
         assert_ne!(ab, other);
     }
 
@@ -596,8 +614,9 @@ mod tests {
         let store = Store::new(&results);
         let exps = [exp(d.path(), "a", 4), exp(d.path(), "b", 8)];
         let c = code("0123456789abcdef");
-        let planned = plan::plan(&store, &exps, &c).unwrap();
-        let saved = save(&results, &planned, &c, d.path()).unwrap();
+        let planned = plan::plan(&store, &exps, &c, ReuseMode::Code).unwrap();
+        let saved = save(&results, &planned, &c, d.path(), ReuseMode::Config).unwrap();
+        assert_eq!(saved.reuse, ReuseMode::Config);
         assert_eq!(saved.id, sweep_id(&planned));
         assert_eq!(saved.cwd, d.path());
         let (back, back_code) = load(&results, &saved.id).unwrap();

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 
 use crate::store::provenance::CodeState;
 use crate::store::{self, State, Store};
-use crate::sweep::plan::{Outcome, PlannedRun, RunOutcome, StageAction};
+use crate::sweep::plan::{Outcome, PlannedRun, ReuseMode, RunOutcome, StageAction};
 use crate::sweep::worker::{stage1_elsewhere, taken_elsewhere, Seen};
 
 /// Worker processes for `--jobs 0` (auto): one per core, at most one per run to train, and
@@ -38,7 +38,7 @@ pub fn auto_jobs(runs: &[PlannedRun]) -> usize {
 pub(super) fn needs_training(p: &PlannedRun) -> bool {
     p.stages
         .iter()
-        .any(|s| matches!(s, StageAction::Run | StageAction::Resume))
+        .any(|s| matches!(s, StageAction::Run { .. } | StageAction::Resume))
 }
 
 /// A child process whose output is forwarded with a prefix.
@@ -185,24 +185,26 @@ pub(super) fn pool(
     done
 }
 
-/// Runs the planned runs on up to `jobs` children (`harness run FILE --resume`). A run whose
-/// stage 1 a running child (or another process) is still training waits until that stage
-/// completes (then reuses it), and a run without such a conflict goes first: no worker sits
-/// waiting for a shared stage, and the run listed first trains it, as in a sequential
-/// sweep. A run another live process holds (another sweep on the same results folder) is
-/// skipped, as [`crate::sweep::worker`] does. Outcomes are read back from the store.
+/// Runs the planned runs on up to `jobs` children (`harness run FILE --resume --reuse
+/// MODE`). A run whose stage 1 a running child (or another process) is still training
+/// waits until that stage completes (then reuses it), and a run without such a conflict
+/// goes first: no worker sits waiting for a shared stage, and the run listed first trains
+/// it, as in a sequential sweep. A run another live process holds (another sweep on the
+/// same results folder) is skipped, as [`crate::sweep::worker`] does. Outcomes are read
+/// back from the store.
 pub fn sweep(
     store_: &Store,
     runs: &[PlannedRun],
     code: &CodeState,
     jobs: usize,
     results: &Path,
+    reuse: ReuseMode,
 ) -> Result<Vec<Outcome>> {
     // The workers' runs carry this sweep's code state (their ids were planned with it).
     let code_dir = results.join(format!(".sweep-{}", std::process::id()));
     code.save(&code_dir)
         .with_context(|| format!("writing the sweep's code state to {}", code_dir.display()))?;
-    let out = sweep_with(store_, runs, jobs, results, &code_dir);
+    let out = sweep_with(store_, runs, jobs, results, &code_dir, reuse);
     let _ = std::fs::remove_dir_all(&code_dir);
     Ok(out)
 }
@@ -213,6 +215,7 @@ fn sweep_with(
     jobs: usize,
     results: &Path,
     code_dir: &Path,
+    reuse: ReuseMode,
 ) -> Vec<Outcome> {
     // Completed runs need no process.
     let completed = |p: &PlannedRun| p.existing == Some(State::Completed);
@@ -222,8 +225,15 @@ fn sweep_with(
         todo,
         jobs,
         |waiting, active| {
+            // Stage-1 keys that running children train (not those they reuse).
             let busy: Vec<&str> = active
                 .iter()
+                .filter(|&&i| {
+                    matches!(
+                        runs[i].stages[0],
+                        StageAction::Run { .. } | StageAction::Resume
+                    )
+                })
                 .map(|&i| runs[i].keys.stage1.as_str())
                 .filter(|k| store_.completed_stage(k).is_none())
                 .collect();
@@ -245,6 +255,8 @@ fn sweep_with(
                 "run".into(),
                 p.exp.path.display().to_string(),
                 "--resume".into(),
+                "--reuse".into(),
+                reuse.arg().into(),
             ];
             // A replica of a seed list: the child runs that one seed.
             if let Some(seed) = p.exp.replica {

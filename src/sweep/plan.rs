@@ -1,6 +1,7 @@
-//! Plans and runs experiments: each experiment is two stages keyed by their hashes; a stage
-//! whose key some run already completed is reused, the rest run under claims so that two
-//! sweep workers on one results folder never run the same stage twice.
+//! Plans and runs experiments: each experiment is two stages keyed by their config and the
+//! code fingerprint; a stage whose key some run already completed is reused (with
+//! `--reuse config`, any result of the same config, whatever the code), the rest run under
+//! claims so that two sweep workers on one results folder never run the same stage twice.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,20 +13,69 @@ use crate::fsutil::{now_rfc3339, write_atomic, write_json};
 use crate::store::metrics::{self, MetricsWriter};
 use crate::store::provenance::{CodeState, Provenance};
 use crate::store::worker::WorkerInfo;
-use crate::store::{self, LiveRun, StageStatus, State, Store};
+use crate::store::{self, CodeChange, LiveRun, StageStatus, State, Store};
 use crate::train::stage::{Interrupted, RunContext, StageContext, StageRunner};
+
+/// Which completed stages a run may reuse (`--reuse`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReuseMode {
+    /// Results of this code only: the same config and the same code fingerprint.
+    #[default]
+    Code,
+    /// Any result with the same config, whatever code trained it (for a code change you
+    /// know does not matter); recorded in `status.json` and shown in the reports.
+    Config,
+}
+
+impl ReuseMode {
+    /// The command-line value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            ReuseMode::Code => "code",
+            ReuseMode::Config => "config",
+        }
+    }
+}
 
 /// What will happen to one stage.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageAction {
-    /// Train it in this run.
-    Run,
+    /// Train it in this run, and why.
+    Run { why: RunReason },
     /// Continue this run's interrupted attempt from its latest checkpoint.
     Resume,
-    /// Use the completed result of another run (or one planned earlier in the sweep).
-    Reuse { from_run: String, planned: bool },
+    /// Use the completed result of another run (or one planned earlier in the sweep);
+    /// `across_code` when other code trained it (`--reuse config`).
+    Reuse {
+        from_run: String,
+        planned: bool,
+        across_code: Option<CodeChange>,
+    },
     /// Already completed in this very run.
     Done,
+}
+
+/// Why a stage trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunReason {
+    /// No run completed this key, nor (in any mode) this config.
+    NoResult,
+    /// A run completed this config, but with other code.
+    CodeDiffers {
+        from_run: String,
+        change: CodeChange,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -113,50 +163,80 @@ pub fn load_with(files: &[PathBuf], seeds: Seeds) -> Result<Vec<LoadedExperiment
 }
 
 /// Decides, for each experiment in order, which stages run and which are reused.
-pub fn plan(store: &Store, exps: &[LoadedExperiment], code: &CodeState) -> Result<Vec<PlannedRun>> {
+pub fn plan(
+    store: &Store,
+    exps: &[LoadedExperiment],
+    code: &CodeState,
+    reuse: ReuseMode,
+) -> Result<Vec<PlannedRun>> {
     let mut planned: Vec<PlannedRun> = Vec::new();
     for e in exps {
-        let keys = config::stage_keys(&e.exp);
+        let mut keys = config::stage_keys(&e.exp);
         let id = run_id(&e.exp.name, &keys, code);
         let status = store.read_status(&id).ok();
         let existing = status.as_ref().map(|s| store.effective_state(s));
-        let mut stages = [StageAction::Run, StageAction::Run];
-        for (i, key) in [&keys.stage1, &keys.stage2].into_iter().enumerate() {
-            let name = format!("stage{}", i + 1);
+        let mut stages = [StageAction::Resume, StageAction::Resume];
+        for (i, n) in [1u8, 2].into_iter().enumerate() {
+            let (key, config_key) = keys.of(n);
+            let (key, config_key) = (key.to_string(), config_key.to_string());
+            let name = format!("stage{n}");
             let own = status.as_ref().and_then(|s| s.stages.get(&name));
+            // The key of the result this stage ends up using (stage 2's key chains it).
+            let mut result_key = key.clone();
             stages[i] = if let Some(own) =
                 own.filter(|o| matches!(o.state, State::Completed | State::Reused))
             {
+                result_key = own.key.clone();
                 if own.state == State::Completed {
                     StageAction::Done
                 } else {
                     StageAction::Reuse {
                         from_run: own.run_id.clone(),
                         planned: false,
+                        across_code: own.reused_across_code.clone(),
                     }
                 }
-            } else if let Some(rec) = store.completed_stage(key) {
+            } else if let Some(rec) = store.completed_stage(&key) {
                 StageAction::Reuse {
+                    from_run: rec.run_id,
+                    planned: false,
+                    across_code: None,
+                }
+            } else if let Some(rec) = (reuse == ReuseMode::Config)
+                .then(|| store.completed_stage_by_config(&config_key))
+                .flatten()
+            {
+                result_key = rec.key;
+                StageAction::Reuse {
+                    across_code: Some(store.code_change_from(&rec.run_id)),
                     from_run: rec.run_id,
                     planned: false,
                 }
             } else if let Some(p) = planned.iter().find(|p| {
-                (if i == 0 {
-                    &p.keys.stage1
-                } else {
-                    &p.keys.stage2
-                }) == key
-                    && matches!(p.stages[i], StageAction::Run | StageAction::Resume)
+                p.keys.of(n).0 == key
+                    && matches!(p.stages[i], StageAction::Run { .. } | StageAction::Resume)
             }) {
                 StageAction::Reuse {
                     from_run: p.run_id.clone(),
                     planned: true,
+                    across_code: None,
                 }
             } else if own.is_some() {
                 StageAction::Resume
             } else {
-                StageAction::Run
+                let why = match store.completed_stage_by_config(&config_key) {
+                    Some(rec) => RunReason::CodeDiffers {
+                        change: store.code_change_from(&rec.run_id),
+                        from_run: rec.run_id,
+                    },
+                    None => RunReason::NoResult,
+                };
+                StageAction::Run { why }
             };
+            if n == 1 {
+                keys.stage2 =
+                    config::stage_code_key(&keys.stage2_config, &keys.code, Some(&result_key));
+            }
         }
         planned.push(PlannedRun {
             exp: e.clone(),
@@ -187,13 +267,32 @@ pub fn describe(plan: &[PlannedRun]) -> String {
                 &p.keys.stage2
             };
             let what = match a {
-                StageAction::Run => "run".to_string(),
+                StageAction::Run {
+                    why: RunReason::NoResult,
+                } => "run: no result for this key".to_string(),
+                StageAction::Run {
+                    why: RunReason::CodeDiffers { from_run, change },
+                } => format!(
+                    "run: results exist for this config (run {from_run}, {}) but {}",
+                    change.commit(),
+                    change.files_summary()
+                ),
                 StageAction::Resume => "resume from its latest checkpoint".to_string(),
                 StageAction::Done => "done (completed in this run)".to_string(),
                 StageAction::Reuse {
                     from_run,
                     planned: true,
+                    ..
                 } => format!("reuse from {from_run} (runs earlier in this sweep)"),
+                StageAction::Reuse {
+                    from_run,
+                    across_code: Some(change),
+                    ..
+                } => format!(
+                    "reuse from {from_run} across a code change from {} ({})",
+                    change.commit(),
+                    change.files_summary()
+                ),
                 StageAction::Reuse { from_run, .. } => format!("reuse from {from_run}"),
             };
             s.push_str(&format!("  stage {} @ {}: {what}\n", i + 1, &key[..12]));
@@ -214,6 +313,8 @@ pub struct ExecOptions {
     /// Skip a run another live process holds (sweep workers sharing a results folder)
     /// instead of failing on it (`harness run`, which was asked for that run).
     pub skip_held: bool,
+    /// Which completed stages may be reused.
+    pub reuse: ReuseMode,
 }
 
 impl Default for ExecOptions {
@@ -223,6 +324,7 @@ impl Default for ExecOptions {
             flush_every: Duration::from_secs(2),
             stage_wait: Duration::from_secs(24 * 3600),
             skip_held: false,
+            reuse: ReuseMode::Code,
         }
     }
 }
@@ -359,18 +461,20 @@ fn run_stages(
 ) -> Result<()> {
     let dir = store.run_dir(&p.run_id);
     let mut stage1_dir: Option<PathBuf> = None;
+    // The key of the stage-1 result stage 2 starts from: stage 2's key chains it.
+    let mut stage1_result: Option<String> = None;
     for n in [1u8, 2] {
         let name = format!("stage{n}");
-        let key = if n == 1 {
-            p.keys.stage1.clone()
-        } else {
-            p.keys.stage2.clone()
+        let config_key = p.keys.of(n).1.to_string();
+        let key = match &stage1_result {
+            Some(k1) => config::stage_code_key(&config_key, &p.keys.code, Some(k1)),
+            None => p.keys.stage1.clone(),
         };
         let own = live.status().stages.get(&name).cloned();
-        let result_run = match own {
-            Some(s) if matches!(s.state, State::Completed | State::Reused) => s.run_id,
-            _ => match acquire_stage(store, &key, n, &p.run_id, opts, live, &name)? {
-                Acquired::Reuse(from) => from,
+        let (result_run, result_key) = match own {
+            Some(s) if matches!(s.state, State::Completed | State::Reused) => (s.run_id, s.key),
+            _ => match acquire_stage(store, &key, &config_key, n, &p.run_id, opts, live, &name)? {
+                Acquired::Reuse { run, key } => (run, key),
                 Acquired::Train(claim) => {
                     let started = now_rfc3339();
                     let worker = WorkerInfo::current();
@@ -382,6 +486,7 @@ fn run_stages(
                         started: Some(started.clone()),
                         ended,
                         worker: Some(worker.clone()),
+                        reused_across_code: None,
                     };
                     live.set_stage(&name, status(State::Running, None))?;
                     let mut ctx = StageContext {
@@ -402,12 +507,15 @@ fn run_stages(
                     };
                     live.set_stage(&name, status(state, Some(now_rfc3339())))?;
                     r?;
-                    store.record_stage(&key, n, &p.run_id)?;
+                    store.record_stage(&key, &config_key, &p.keys.code, n, &p.run_id)?;
                     drop(claim);
-                    p.run_id.clone()
+                    (p.run_id.clone(), key.clone())
                 }
             },
         };
+        if n == 1 {
+            stage1_result = Some(result_key);
+        }
         stage1_dir = Some(
             store
                 .run_dir(&result_run)
@@ -425,17 +533,20 @@ fn run_stages(
 }
 
 enum Acquired {
-    /// A completed result exists in this run.
-    Reuse(String),
+    /// A completed result to use: the run that trained it and the key it is recorded under.
+    Reuse { run: String, key: String },
     /// This run holds the stage's claim and must train it.
     Train(store::Claim),
 }
 
-/// Reuses a completed stage, or claims it for training; waits while another live worker
-/// trains it.
+/// Reuses a completed stage (of this code; with `--reuse config`, of any code if this
+/// code's is missing), or claims it for training; waits while another live worker trains
+/// it.
+#[allow(clippy::too_many_arguments)]
 fn acquire_stage(
     store: &Store,
     key: &str,
+    config_key: &str,
     n: u8,
     run_id: &str,
     opts: &ExecOptions,
@@ -445,25 +556,47 @@ fn acquire_stage(
     let start = std::time::Instant::now();
     let mut said = false;
     loop {
-        if let Some(rec) = store.completed_stage(key) {
+        let found = match store.completed_stage(key) {
+            Some(rec) => Some((rec, None)),
+            None if opts.reuse == ReuseMode::Config => {
+                store.completed_stage_by_config(config_key).map(|rec| {
+                    let change = store.code_change_from(&rec.run_id);
+                    (rec, Some(change))
+                })
+            }
+            None => None,
+        };
+        if let Some((rec, across_code)) = found {
             if rec.run_id != run_id {
+                let how = match &across_code {
+                    Some(c) => format!(
+                        " across a code change from {} ({})",
+                        c.commit(),
+                        c.files_summary()
+                    ),
+                    None => String::new(),
+                };
                 live.set_stage(
                     name,
                     StageStatus {
-                        key: key.into(),
+                        key: rec.key.clone(),
                         state: State::Reused,
                         run_id: rec.run_id.clone(),
                         started: None,
                         ended: Some(now_rfc3339()),
                         worker: None,
+                        reused_across_code: across_code,
                     },
                 )?;
                 store::log_line(
                     &live.dir,
-                    &format!("stage {n}: reusing {key} from {}", rec.run_id),
+                    &format!("stage {n}: reusing {} from {}{how}", rec.key, rec.run_id),
                 );
             }
-            return Ok(Acquired::Reuse(rec.run_id));
+            return Ok(Acquired::Reuse {
+                run: rec.run_id,
+                key: rec.key,
+            });
         }
         if let Some(c) = store.claim_stage(key, run_id)? {
             // Completed between the check and the claim: reuse rather than retrain.
@@ -500,7 +633,7 @@ pub fn sweep(
     runner: &dyn StageRunner,
     opts: &ExecOptions,
 ) -> Result<Vec<Outcome>> {
-    let planned = plan(store, exps, code)?;
+    let planned = plan(store, exps, code, opts.reuse)?;
     crate::sweep::worker::work(store, &planned, code, runner, opts)
 }
 

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::store::provenance::CodeState;
 use crate::store::{self, ClaimHeld, ClaimInfo, State, Status, Store};
-use crate::sweep::plan::{self, ExecOptions, Outcome, PlannedRun, RunOutcome};
+use crate::sweep::plan::{self, ExecOptions, Outcome, PlannedRun, RunOutcome, StageAction};
 use crate::train::stage::StageRunner;
 
 /// How often a waiting worker looks at the store again.
@@ -100,7 +100,10 @@ pub fn taken_elsewhere(store: &Store, p: &PlannedRun, seen: &Seen) -> Option<Run
 /// Whether `p` must wait because another live process is training its stage 1 (a run of
 /// its own, sharing the key); `None` when it can start now.
 pub fn stage1_elsewhere(store: &Store, p: &PlannedRun) -> Option<ClaimInfo> {
-    if store.completed_stage(&p.keys.stage1).is_some() {
+    // Reused from a completed result (of this code, or with `--reuse config` of other code):
+    // nothing to wait for.
+    let reused = matches!(p.stages[0], StageAction::Reuse { planned: false, .. });
+    if reused || store.completed_stage(&p.keys.stage1).is_some() {
         return None;
     }
     store
@@ -149,7 +152,8 @@ pub fn work(
             let p = &runs[i];
             // Re-planned just before it starts, so stages completed earlier in this sweep
             // (or by another worker) are reused.
-            let fresh = plan::plan(store, std::slice::from_ref(&p.exp), code)?.remove(0);
+            let fresh =
+                plan::plan(store, std::slice::from_ref(&p.exp), code, opts.reuse)?.remove(0);
             out[i] = Some(match plan::execute(store, &fresh, code, runner, opts) {
                 Ok(o) => Ok(o),
                 Err(e) => match e.downcast_ref::<ClaimHeld>() {
@@ -277,7 +281,7 @@ mod tests {
             exp(d.path(), "b", 2, 8),
             exp(d.path(), "c", 1, 4),
         ];
-        let planned = plan::plan(&store, &exps, &code()).unwrap();
+        let planned = plan::plan(&store, &exps, &code(), Default::default()).unwrap();
         let (a, b, c) = (&planned[0], &planned[1], &planned[2]);
         assert_eq!(a.keys.stage1, b.keys.stage1);
         let mut other = std::process::Command::new("sleep")
@@ -294,12 +298,15 @@ mod tests {
 
         // The other process completes a's stage 1 a little later.
         let (store2, a_id, k1) = (store.clone(), a.run_id.clone(), a.keys.stage1.clone());
+        let (k1_config, code_fp) = (a.keys.stage1_config.clone(), a.keys.code.clone());
         let finisher = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1500));
             let ck = store2.run_dir(&a_id).join("checkpoints").join("stage1");
             std::fs::create_dir_all(&ck).unwrap();
             write_json(&ck.join("final.json"), &serde_json::json!({"steps": 3})).unwrap();
-            store2.record_stage(&k1, 1, &a_id).unwrap();
+            store2
+                .record_stage(&k1, &k1_config, &code_fp, 1, &a_id)
+                .unwrap();
             std::fs::remove_file(stage_lock).unwrap();
             now_s()
         });
@@ -371,7 +378,13 @@ mod tests {
     fn held_run_is_an_error_without_skip_held() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::new(&d.path().join("results"));
-        let planned = plan::plan(&store, &[exp(d.path(), "a", 2, 4)], &code()).unwrap();
+        let planned = plan::plan(
+            &store,
+            &[exp(d.path(), "a", 2, 4)],
+            &code(),
+            Default::default(),
+        )
+        .unwrap();
         let mut other = std::process::Command::new("sleep")
             .arg("60")
             .spawn()

@@ -211,8 +211,10 @@ fn workers_build_shared_backbones_once() {
     let store = harness::store::Store::new(&results);
     let exps = harness::sweep::plan::load_all(&files).unwrap();
     let code = harness::store::provenance::code_state(tmp.path());
-    let planned = harness::sweep::plan::plan(&store, &exps, &code).unwrap();
-    let saved = harness::sweep::cluster::save(&results, &planned, &code, tmp.path()).unwrap();
+    let planned = harness::sweep::plan::plan(&store, &exps, &code, Default::default()).unwrap();
+    let saved =
+        harness::sweep::cluster::save(&results, &planned, &code, tmp.path(), Default::default())
+            .unwrap();
     let spawn = || {
         harness_train(tmp.path(), &results, &cache)
             .args(["worker", &saved.id])

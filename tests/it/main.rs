@@ -3,6 +3,7 @@
 
 mod bench_cli;
 mod builtin;
+mod code_keys;
 mod common;
 mod config_bench;
 mod config_hash;

@@ -181,8 +181,8 @@ fn saved_sweep(dir: &Path, results: &Path, files: &[PathBuf]) -> cluster::SavedP
     let store = Store::new(results);
     let exps = plan::load_all(files).unwrap();
     let code = harness::store::provenance::code_state(dir);
-    let planned = plan::plan(&store, &exps, &code).unwrap();
-    cluster::save(results, &planned, &code, dir).unwrap()
+    let planned = plan::plan(&store, &exps, &code, Default::default()).unwrap();
+    cluster::save(results, &planned, &code, dir, Default::default()).unwrap()
 }
 
 #[test]
@@ -512,7 +512,7 @@ fn slurm_submission_checks_that_need_no_cluster() {
     let store = Store::new(&results);
     let exps = plan::load_all(&files).unwrap();
     let code = harness::store::provenance::code_state(d.path());
-    let id = cluster::sweep_id(&plan::plan(&store, &exps, &code).unwrap());
+    let id = cluster::sweep_id(&plan::plan(&store, &exps, &code, Default::default()).unwrap());
     assert!(
         text.starts_with(&format!(
             "sweep {id} (dry run: nothing written or submitted)"
