@@ -25,6 +25,11 @@ pub struct RunArgs {
     /// lists it in `seeds`.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Skip the run, exiting 0, when another live process holds it (what a sweep's
+    /// side-by-side children do: another sweep may claim a run between the parent's check
+    /// and the child's claim).
+    #[arg(long, hide = true)]
+    pub skip_held: bool,
 }
 
 #[derive(Args, Debug)]
@@ -70,7 +75,7 @@ pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
         a.resume,
         1,
         seeds,
-        false,
+        a.skip_held,
         a.reuse,
     )
 }

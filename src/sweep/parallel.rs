@@ -257,6 +257,7 @@ fn sweep_with(
                 "--resume".into(),
                 "--reuse".into(),
                 reuse.arg().into(),
+                "--skip-held".into(),
             ];
             // A replica of a seed list: the child runs that one seed.
             if let Some(seed) = p.exp.replica {
