@@ -76,6 +76,20 @@ pub fn check_choice(choice: crate::config::BackendChoice) -> anyhow::Result<()> 
     }
 }
 
+/// Refuses `devices` this build cannot give: the CPU backend has one device, 0 (list it
+/// once per data-parallel worker: `[0, 0]` runs two workers on it).
+pub fn check_devices(devices: &[usize]) -> anyhow::Result<()> {
+    if !cfg!(feature = "cuda") {
+        if let Some(d) = devices.iter().find(|&&d| d != 0) {
+            anyhow::bail!(
+                "devices = {devices:?}: this {NAME} build has one device, 0 (device {d} does not exist); \
+                 list 0 once per worker, e.g. devices = [0, 0] for two workers sharing the CPU"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// This process's host memory, from `/proc/self/status` (Linux), in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct HostMemory {

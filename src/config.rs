@@ -34,7 +34,9 @@ pub struct Experiment {
     /// Where to run: `auto` (CUDA when built with it, else CPU), `cpu`, `cuda`.
     #[serde(default)]
     pub backend: BackendChoice,
-    /// GPU ordinals for data-parallel training (CUDA builds only).
+    /// Devices for data-parallel training, one worker thread each: GPU ordinals on CUDA
+    /// builds; on the CPU only 0, repeated once per worker (`[0, 0]`). The global batch is
+    /// `batch x grad_accum x len(devices)`.
     #[serde(default = "default_devices")]
     pub devices: Vec<usize>,
     pub model: ModelConfig,
@@ -183,7 +185,7 @@ pub struct StageConfig {
     pub epochs: f64,
     /// Optimizer steps; overrides `epochs` when > 0.
     pub max_steps: u64,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch on each device.
     pub batch: u64,
     /// Micro-batches per optimizer step (global batch = batch x grad_accum x devices).
     pub grad_accum: u64,
@@ -215,6 +217,11 @@ pub struct StageConfig {
 }
 
 impl StageConfig {
+    /// Sequences per optimizer step with `workers` data-parallel workers.
+    pub fn global_batch(&self, workers: usize) -> u64 {
+        self.batch * self.grad_accum * workers as u64
+    }
+
     /// LLaVA-1.5 pretraining: lr 1e-3, warmup 3% then cosine, no weight decay.
     fn stage1_default() -> Self {
         StageConfig {
@@ -525,16 +532,6 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
     }
     if exp.devices.is_empty() {
         bad("devices", "must list at least one device".into());
-    }
-    if exp.devices.len() > 1 {
-        // Said plainly rather than silently training on the first device only.
-        bad(
-            "devices",
-            format!(
-                "data-parallel training over several GPUs is not implemented yet; list one device (got {:?})",
-                exp.devices
-            ),
-        );
     }
     let m = &exp.model;
     if m.projector_depth < 0 {
@@ -886,6 +883,13 @@ pub fn stage_keys_for(exp: &Experiment, code: &str) -> StageKeys {
             "val_images": d["val_images"], "max_len": d["max_len"],
         }),
     );
+    // Workers change the global batch (batch x grad_accum x workers), so what a stage
+    // learns; which devices they run on does not. Only when several, so single-device
+    // keys stay what they were.
+    let workers = exp.devices.len();
+    if workers > 1 {
+        s1.insert("workers", workers.into());
+    }
     let h1 = hash_value(&serde_json::to_value(&s1).unwrap());
     let mut s2 = serde_json::json!({
         "stage1_key": h1,
@@ -897,6 +901,9 @@ pub fn stage_keys_for(exp: &Experiment, code: &str) -> StageKeys {
             "coco_root": d["coco_root"],
         },
     });
+    if workers > 1 {
+        s2["workers"] = workers.into();
+    }
     // Only when set, so the keys of experiments without it stay what they were.
     if let Some(f) = d.get("image_folder") {
         s2["data"]["image_folder"] = f.clone();
@@ -968,8 +975,20 @@ pub fn group_key(exp: &Experiment) -> String {
 }
 
 /// The resolved experiment as TOML (written to `run.toml`).
+/// The resolved experiment as TOML, headed by a comment that spells out each stage's global
+/// batch.
 pub fn to_toml(exp: &Experiment) -> String {
-    toml::to_string_pretty(exp).expect("experiment serializes to TOML")
+    let n = exp.devices.len();
+    let line = |name: &str, o: &StageConfig| {
+        format!(
+            "# {name}: global batch {} = batch {} x grad_accum {} x {n} device(s)\n",
+            o.global_batch(n),
+            o.batch,
+            o.grad_accum
+        )
+    };
+    let head = line("stage1", &exp.stage1) + &line("stage2", &exp.stage2.opt);
+    head + &toml::to_string_pretty(exp).expect("experiment serializes to TOML")
 }
 
 /// Dotted keys whose values differ between two experiments, with both values rendered.

@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// lists it in `seeds`.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Devices to train on, replacing the files' `devices`: GPU ordinals (`--devices 0,1`
+    /// trains data parallel on two GPUs); on the CPU, 0 once per worker (`--devices 0,0`).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub devices: Option<Vec<usize>>,
     /// Skip the run, exiting 0, when another live process holds it (what a sweep's
     /// side-by-side children do: another sweep may claim a run between the parent's check
     /// and the child's claim).
@@ -54,6 +58,11 @@ pub struct SweepArgs {
     /// files as written: list the seeds in the files (`seeds = [..]`) there.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "slurm")]
     pub seeds: Option<u64>,
+    /// Devices to train on, replacing the files' `devices` (not with `--slurm`, whose workers
+    /// read the files as written): GPU ordinals (`--devices 0,1`
+    /// trains data parallel on two GPUs); on the CPU, 0 once per worker (`--devices 0,0`).
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "slurm")]
+    pub devices: Option<Vec<usize>>,
     /// Submit the sweep to Slurm as one array job of `harness worker` tasks instead of
     /// running it here; the plan and the task logs go to results/_sweeps/<sweep id>/.
     #[arg(long, conflicts_with = "jobs")]
@@ -77,6 +86,7 @@ pub fn run(results: &Path, a: RunArgs) -> anyhow::Result<()> {
         seeds,
         a.skip_held,
         a.reuse,
+        a.devices,
     )
 }
 
@@ -91,7 +101,7 @@ pub fn sweep(results: &Path, a: SweepArgs) -> anyhow::Result<()> {
     }
     let seeds = a.seeds.map_or(Seeds::AsWritten, Seeds::Count);
     go(
-        results, &a.files, a.dry_run, true, a.jobs, seeds, true, a.reuse,
+        results, &a.files, a.dry_run, true, a.jobs, seeds, true, a.reuse, a.devices,
     )
 }
 
@@ -105,9 +115,15 @@ fn go(
     seeds: Seeds,
     skip_held: bool,
     reuse: ReuseMode,
+    devices: Option<Vec<usize>>,
 ) -> anyhow::Result<()> {
     let store = Store::new(results);
-    let exps = plan::load_with(files, seeds)?;
+    let mut exps = plan::load_with(files, seeds)?;
+    if let Some(d) = devices {
+        for e in &mut exps {
+            e.exp.devices = d.clone();
+        }
+    }
     let code = plan::code_state_here();
     if dry_run {
         let p = plan::plan(&store, &exps, &code, reuse)?;

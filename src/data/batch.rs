@@ -37,7 +37,7 @@ pub struct LlavaBatch<B: Backend> {
     pub ids: Vec<String>,
     /// Unpadded lengths.
     pub lengths: Vec<usize>,
-    /// Number of target tokens in the batch (for per-token loss averaging and metrics).
+    /// Target tokens the loss counts (labels at positions 1.. not ignored), from the host.
     pub target_tokens: usize,
 }
 
@@ -69,7 +69,8 @@ impl LlavaBatcher {
                 ids[r * l + c] = t as i64;
                 labels[r * l + c] = lab;
                 mask[r * l + c] = 1;
-                target_tokens += (lab != IGNORE) as usize;
+                // Position 0 predicts nothing (the loss's count, `loss::loss_targets`).
+                target_tokens += (c > 0 && lab != IGNORE) as usize;
             }
             if let Some(f) = &item.features {
                 assert_eq!(

@@ -417,14 +417,16 @@ pub(crate) fn dequantized_on_device<B: Backend>(
         n.is_multiple_of(bs),
         "{n} weights are not whole blocks of {bs}"
     );
-    let on = w.device_copy.get_or_init(|| Nf4OnDevice::<B> {
-        codes: Tensor::from_data(
-            TensorData::new(w.codes.clone(), [w.codes.len()]),
-            TensorCreationOptions::new(device.clone()).with_dtype(DType::U8),
-        ),
-        absmax: Tensor::from_data(TensorData::new(w.absmax(), [n / bs]), device),
-        book: Tensor::from_data(TensorData::new(super::nf4::NF4_CODE.to_vec(), [16]), device),
-    });
+    let on = w
+        .device_copy
+        .get_or_init(format!("{device:?}"), || Nf4OnDevice::<B> {
+            codes: Tensor::from_data(
+                TensorData::new(w.codes.clone(), [w.codes.len()]),
+                TensorCreationOptions::new(device.clone()).with_dtype(DType::U8),
+            ),
+            absmax: Tensor::from_data(TensorData::new(w.absmax(), [n / bs]), device),
+            book: Tensor::from_data(TensorData::new(super::nf4::NF4_CODE.to_vec(), [16]), device),
+        });
     let codes = on.codes.clone().cast(DType::I32);
     // Element 2k is the high nibble, 2k + 1 the low one.
     let hi = codes.clone().div_scalar(16);

@@ -158,15 +158,21 @@ pub enum Nf4Scales {
 
 /// Backends' own copies of a tensor's packed codes and scales, made on first use by
 /// `lora`'s device-side dequantization, one per backend type (the compute backend in
-/// training, its autodiff wrapper when a merged weight is read); opaque here so this module
+/// training, its autodiff wrapper when a merged weight is read) and device (data-parallel
+/// replicas share the packed tensor, each worker on its own GPU); opaque here so this module
 /// stays backend-free. Cloning the tensor starts empty copies; they take no part in equality.
 #[derive(Default)]
-pub struct DeviceCopy(Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>);
+#[allow(clippy::type_complexity)]
+pub struct DeviceCopy(Mutex<Vec<((TypeId, String), Arc<dyn Any + Send + Sync>)>>);
 
 impl DeviceCopy {
-    /// The copy of type `T`, made by `make` the first time.
-    pub fn get_or_init<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Arc<T> {
-        let id = TypeId::of::<T>();
+    /// The copy of type `T` for the device named `device`, made by `make` the first time.
+    pub fn get_or_init<T: Any + Send + Sync>(
+        &self,
+        device: String,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let id = (TypeId::of::<T>(), device);
         let mut copies = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let any = match copies.iter().find(|(t, _)| *t == id) {
             Some((_, c)) => c.clone(),

@@ -275,6 +275,15 @@ pub fn config_brief(r: &RunData) -> String {
             format!("{} epochs", o.epochs)
         }
     };
+    // The global batch, with the factors it is made of.
+    let batch = |o: &crate::config::StageConfig, workers: usize| {
+        let per = if workers > 1 {
+            format!("{} x {} x {workers} devices", o.batch, o.grad_accum)
+        } else {
+            format!("{} x {}", o.batch, o.grad_accum)
+        };
+        format!("batch {} ({per})", o.global_batch(workers))
+    };
     let s2 = &e.stage2;
     let fields = [
         ("vision tower", e.model.vision.clone()),
@@ -291,20 +300,18 @@ pub fn config_brief(r: &RunData) -> String {
         (
             "stage 1",
             format!(
-                "{}, batch {} x {}, lr {}",
+                "{}, {}, lr {}",
                 steps(&e.stage1),
-                e.stage1.batch,
-                e.stage1.grad_accum,
+                batch(&e.stage1, e.devices.len()),
                 e.stage1.lr
             ),
         ),
         (
             "stage 2",
             format!(
-                "{}, batch {} x {}, LoRA rank {} alpha {} ({}), lr {} / projector {}",
+                "{}, {}, LoRA rank {} alpha {} ({}), lr {} / projector {}",
                 steps(&s2.opt),
-                s2.opt.batch,
-                s2.opt.grad_accum,
+                batch(&s2.opt, e.devices.len()),
                 s2.lora_rank,
                 s2.lora_alpha,
                 kind(serde_json::to_value(s2.quant)),

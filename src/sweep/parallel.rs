@@ -259,6 +259,9 @@ fn sweep_with(
                 reuse.arg().into(),
                 "--skip-held".into(),
             ];
+            // The devices as planned (the file's, or the sweep's `--devices`).
+            let devices: Vec<String> = p.exp.exp.devices.iter().map(|d| d.to_string()).collect();
+            args.extend(["--devices".into(), devices.join(",")]);
             // A replica of a seed list: the child runs that one seed.
             if let Some(seed) = p.exp.replica {
                 args.extend(["--seed".into(), seed.to_string()]);

@@ -18,7 +18,7 @@ use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig};
 use crate::train::grads;
-use crate::train::recompute::{micro_step, micro_step_plain};
+use crate::train::recompute::{micro_step, micro_step_plain, Draws};
 
 /// The sizes of one benchmark (a TOML file or flags; `scripts/bench_torch.py` reads the same
 /// file).
@@ -174,7 +174,9 @@ pub fn stage1(c: &BenchConfig) -> StageTiming {
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {
         let t = Instant::now();
-        let mut g = micro_step_plain(&projector, &lm, &b, 1.0, false).projector;
+        let n = b.target_tokens as f64;
+        let mut g =
+            micro_step_plain(&projector, &lm, &b, n, false, i as u64, Draws::default()).projector;
         grads::clip_global_norm::<Train, _>(&projector, &mut g, 1.0);
         projector = optim.step(1e-4, projector, g);
         // Wait for the device: the step ends when its results exist.
@@ -213,10 +215,11 @@ pub fn stage2(c: &BenchConfig) -> StageTiming {
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {
         let t = Instant::now();
+        let n = b.target_tokens as f64;
         let m = if c.activation_checkpointing {
-            micro_step(&projector, &lm, &b, 1.0, true, i as u64)
+            micro_step(&projector, &lm, &b, n, true, i as u64, Draws::default())
         } else {
-            micro_step_plain(&projector, &lm, &b, 1.0, true)
+            micro_step_plain(&projector, &lm, &b, n, true, i as u64, Draws::default())
         };
         let (mut gp, mut gl) = (m.projector, m.lm);
         let np = grads::global_norm::<Train, _>(&projector, &gp);

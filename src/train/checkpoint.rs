@@ -25,16 +25,40 @@ pub struct TrainState {
     pub step: u64,
     pub epoch: f64,
     pub total_steps: u64,
+    /// Data-parallel workers that wrote it (1 for checkpoints from before there were any).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainState {
-    pub fn new(total_steps: u64) -> Self {
+    pub fn new(total_steps: u64, workers: usize) -> Self {
         TrainState {
             step: 0,
             epoch: 0.0,
             total_steps,
+            workers,
         }
     }
+}
+
+/// Refuses to resume a checkpoint written by another number of workers: the global batch,
+/// and with it the data order from this step on, would change mid-stage. (A different
+/// worker count is a different stage key, so the store never resumes across it; this
+/// catches a checkpoint folder moved by hand.)
+pub fn check_workers(ck: &Path, state: &TrainState, workers: usize) -> Result<()> {
+    if state.workers != workers {
+        anyhow::bail!(
+            "{}: written by {} data-parallel worker(s), this run has {workers} (`devices`); \
+             resume with the same number of devices, or start the stage afresh",
+            ck.display(),
+            state.workers
+        );
+    }
+    Ok(())
 }
 
 fn step_dir(dir: &Path, step: u64) -> PathBuf {

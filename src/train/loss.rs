@@ -13,6 +13,16 @@ pub fn masked_lm_loss<B: Backend>(
     logits: Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
 ) -> (Tensor<B, 1>, usize) {
+    let keep = labels.clone().slice_dim(1, 1..).not_equal_elem(IGNORE);
+    let count = keep.int().sum().into_scalar().elem::<i64>() as usize;
+    let loss = summed_lm_loss(logits, labels) / (count.max(1) as f64);
+    (loss, count)
+}
+
+/// The cross-entropy summed over the target tokens (no host read): the training loop
+/// divides by the target count of the whole global batch, which it knows from the host
+/// labels, so micro-batches and workers weigh every token alike.
+pub fn summed_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     let [b, l, v] = logits.dims();
     // In f32 whatever the compute dtype, as HF upcasts logits before the loss.
     let logits = logits
@@ -20,15 +30,18 @@ pub fn masked_lm_loss<B: Backend>(
         .slice([0..b, 0..l - 1, 0..v]);
     let labels = labels.slice([0..b, 1..l]);
     let keep = labels.clone().not_equal_elem(IGNORE);
-    let count = keep.clone().int().sum().into_scalar().elem::<i64>() as usize;
     let safe = labels.mask_fill(keep.clone().bool_not(), 0);
     let logp = log_softmax(logits, 2);
     let picked = logp
         .gather(2, safe.unsqueeze_dim::<3>(2))
         .reshape([b, l - 1]);
-    let masked = picked * keep.float();
-    let loss = masked.sum().neg() / (count.max(1) as f64);
-    (loss, count)
+    (picked * keep.float()).sum().neg()
+}
+
+/// The target tokens of a sequence the loss counts: labels at positions 1.. (position t
+/// predicts label t + 1) that are not ignored.
+pub fn loss_targets(labels: &[i64]) -> usize {
+    labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
 }
 
 #[cfg(test)]

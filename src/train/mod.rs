@@ -12,15 +12,17 @@ pub mod data;
 pub mod evaluate;
 pub mod grads;
 pub mod loss;
+pub mod parallel;
 pub mod recompute;
 pub mod schedule;
 pub mod stage;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, Optimizer};
 use burn::prelude::*;
 
 use crate::backend::Train;
@@ -34,6 +36,7 @@ use crate::model::tokenizer::Tokenizer;
 
 use self::checkpoint::{TrainState, Trained};
 use self::data::StageData;
+use self::parallel::{Job, StepPlan, Team};
 use self::schedule::LrSchedule;
 use self::stage::{Interrupted, RunContext, StageContext, StageRunner};
 
@@ -118,9 +121,13 @@ fn validate<B: QLoraBackend>(
 
 /// Everything a stage's loop works with besides what it trains, set up by [`set_up`].
 struct Stage {
-    data: StageData,
+    data: Arc<StageData>,
     tok: Tokenizer,
+    /// One per worker; rank 0's first.
+    devices: Vec<Device>,
     device: Device,
+    /// Whether any dropout is on (several workers then serialize their draws).
+    dropout: bool,
     state: TrainState,
     total: u64,
     micro_per_epoch: usize,
@@ -128,18 +135,49 @@ struct Stage {
     sched_lm: LrSchedule,
 }
 
-/// Trains one stage of `ctx.exp` (resuming from its latest checkpoint when there is one).
+/// Trains one stage of `ctx.exp` (resuming from its latest checkpoint when there is one),
+/// on every device of `devices` (data parallel when there are several).
 pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
-    let (mut s, mut t) = set_up(ctx)?;
+    let (s, t) = set_up(ctx)?;
+    if s.devices.len() == 1 {
+        return drive(ctx, s, t, &Team::solo());
+    }
+    let job = job(ctx, &s);
+    let devices = s.devices.clone();
+    parallel::with_team(&job, &devices, t, |team, t| drive(ctx, s, t, team))
+}
+
+fn job(ctx: &StageContext, s: &Stage) -> Job {
+    Job {
+        data: s.data.clone(),
+        opt: ctx.opt().clone(),
+        seed: ctx.exp.seed,
+        workers: s.devices.len(),
+        dropout: s.dropout,
+    }
+}
+
+/// The stage's loop on rank 0 (the other workers follow its plans), then its evaluation.
+fn drive<OP, OL>(
+    ctx: &mut StageContext,
+    mut s: Stage,
+    mut t: Trained<OP, OL>,
+    team: &Team,
+) -> Result<()>
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
     let (stage, opt) = (ctx.name(), ctx.opt().clone());
+    let job = job(ctx, &s);
     let bar = progress(&stage, s.total, s.state.step);
-    let mut order = EpochOrder::new(&s.data, &opt, ctx.exp.seed);
+    let mut order = EpochOrder::new(&s.data, &opt, ctx.exp.seed, team.workers);
     let mut mem = Memory::default();
     let t_stage = Instant::now();
     while s.state.step < s.total {
         let t0 = Instant::now();
         let step;
-        (t, step) = train_step(&mut s, t, &mut order, &opt, ctx.exp.seed);
+        (t, step) = train_step(&mut s, t, &mut order, &job, team);
         let dt = t0.elapsed().as_secs_f64();
         log_step(ctx, &s, &step, dt, &mut mem)?;
         bar.set_position(s.state.step);
@@ -195,7 +233,8 @@ pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
 /// stage 2 with the NF4 base when configured and LoRA adapters trainable; the projector
 /// trainable, in stage 2 from stage 1's), optimizers and schedules, restored from the
 /// latest checkpoint when resuming.
-#[allow(clippy::type_complexity)]
+// The CPU's device is Copy, CUDA's is not: the clones serve both builds.
+#[allow(clippy::type_complexity, clippy::clone_on_copy)]
 fn set_up(
     ctx: &mut StageContext,
 ) -> Result<(
@@ -206,7 +245,14 @@ fn set_up(
     let opt = ctx.opt().clone();
     let stage = ctx.name();
     crate::backend::check_choice(exp.backend)?;
-    let device = crate::backend::device(exp.devices[0]);
+    crate::backend::check_devices(&exp.devices)?;
+    let devices: Vec<Device> = exp
+        .devices
+        .iter()
+        .map(|&d| crate::backend::device(d))
+        .collect();
+    let device = devices[0].clone();
+    let workers = devices.len();
     let dirs = assembly::backbone_dirs(exp)?;
     let tok = Tokenizer::from_dir(&dirs.lm)
         .with_context(|| format!("tokenizer of {}", dirs.lm.display()))?;
@@ -233,6 +279,9 @@ fn set_up(
     let lm = lm.freeze_base();
     let mut projector: Projector<Train> =
         assembly::projector_config(exp, data.cache.dim(), lm_cfg.hidden_size).init(&device);
+    // Drawn now, from the experiment's seed, not at the first forward.
+    parallel::materialize(&lm);
+    parallel::materialize(&projector);
     if let Some(dir) = &ctx.stage1_dir {
         projector = assembly::load_projector(projector, &dir.join("final"), &device)?;
     }
@@ -250,7 +299,8 @@ fn set_up(
         optim_lm: (ctx.stage == 2).then(|| adamw(&opt).init::<Train, Phi<Train>>()),
     };
 
-    let micro_per_epoch = data.train.len().div_ceil(opt.batch as usize);
+    // A micro-batch spans every worker: `batch` sequences each.
+    let micro_per_epoch = data.train.len().div_ceil(opt.batch as usize * workers);
     let total = total_steps(&opt, micro_per_epoch);
     // Stage 1's projector learns at `lr`; in stage 2 `lr` is the adapters' and the
     // projector has `projector_lr`.
@@ -259,10 +309,11 @@ fn set_up(
     } else {
         (opt.lr, 0.0)
     };
-    let mut state = TrainState::new(total);
+    let mut state = TrainState::new(total, workers);
     if ctx.resume {
         if let Some(ck) = checkpoint::latest(&ctx.checkpoint_dir)? {
             (t, state) = checkpoint::load(&ck, t, &device)?;
+            checkpoint::check_workers(&ck, &state, workers)?;
             eprintln!(
                 "{stage}: resuming at step {} from {}",
                 state.step,
@@ -270,10 +321,13 @@ fn set_up(
             );
         }
     }
+    let dropout = lora.dropout > 0.0 || lm_cfg.resid_pdrop > 0.0 || lm_cfg.embd_pdrop > 0.0;
     let stage = Stage {
-        data,
+        data: Arc::new(data),
         tok,
+        devices,
         device,
+        dropout,
         state,
         total,
         micro_per_epoch,
@@ -296,10 +350,11 @@ struct EpochOrder {
 }
 
 impl EpochOrder {
-    fn new(data: &StageData, opt: &StageConfig, seed: u64) -> Self {
+    /// Global micro-batches of `batch x workers` sequences.
+    fn new(data: &StageData, opt: &StageConfig, seed: u64, workers: usize) -> Self {
         EpochOrder {
             lengths: data.train.iter().map(|s| s.len()).collect(),
-            batch: opt.batch as usize,
+            batch: opt.batch as usize * workers,
             by_length: opt.group_by_length,
             seed,
             epoch: u64::MAX,
@@ -327,7 +382,7 @@ impl EpochOrder {
 
 /// What one optimizer step did.
 struct StepStats {
-    /// Mean of the micro-batches' losses.
+    /// Mean loss over the global batch's target tokens.
     loss: f64,
     grad_norm: f64,
     lr_projector: f64,
@@ -335,90 +390,57 @@ struct StepStats {
     targets: usize,
     tokens: usize,
     samples: usize,
+    /// Seconds rank 0 spent in the all-reduce (none with one worker).
+    allreduce_s: Option<f64>,
 }
 
-/// One optimizer step: `grad_accum` micro-batches forward and backward, gradients summed,
-/// one global norm clipped over everything trained, both optimizers stepped.
+/// One optimizer step: `grad_accum` global micro-batches, each split over the workers,
+/// forward and backward, gradients summed and all-reduced, one global norm clipped over
+/// everything trained, both optimizers stepped on every replica.
 fn train_step<OP, OL>(
     s: &mut Stage,
-    mut t: Trained<OP, OL>,
+    t: Trained<OP, OL>,
     order: &mut EpochOrder,
-    opt: &StageConfig,
-    seed: u64,
+    job: &Job,
+    team: &Team,
 ) -> (Trained<OP, OL>, StepStats)
 where
     OP: Optimizer<Projector<Train>, Train>,
     OL: Optimizer<Phi<Train>, Train>,
 {
-    let device = &s.device;
-    // Dropout and any other randomness depend on (seed, step) only, so a resumed run draws
-    // what an uninterrupted one would.
-    <Train as Backend>::seed(
-        device,
-        seed ^ (s.state.step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    let accum = opt.grad_accum as usize;
-    let (mut gp, mut gl) = (GradientsParams::new(), GradientsParams::new());
-    let (mut loss_sum, mut targets, mut tokens, mut samples) = (0.0, 0usize, 0usize, 0usize);
-    for k in 0..accum {
-        let micro = s.state.step as usize * accum + k;
-        let idx = order.micro_batch(micro, s.micro_per_epoch);
-        let batch = s
-            .data
-            .batcher
-            .batch::<Train>(cached_items(&s.data.train, idx, &s.data.cache), device);
-        tokens += batch.lengths.iter().sum::<usize>();
-        samples += idx.len();
-        let train_lm = t.optim_lm.is_some();
-        let m = if opt.activation_checkpointing {
-            let micro_seed = seed ^ (micro as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
-            recompute::micro_step(
-                &t.projector,
-                &t.lm,
-                &batch,
-                accum as f64,
-                train_lm,
-                micro_seed,
-            )
-        } else {
-            recompute::micro_step_plain(&t.projector, &t.lm, &batch, accum as f64, train_lm)
-        };
-        loss_sum += m.loss;
-        targets += m.targets;
-        grads::accumulate::<Train, _>(&t.projector, &mut gp, m.projector);
-        if train_lm {
-            grads::accumulate::<Train, _>(&t.lm, &mut gl, m.lm);
-        }
-    }
-    // One global norm over everything trained, as torch's clip_grad_norm_ over all params.
-    let np = grads::global_norm::<Train, _>(&t.projector, &gp);
-    let nl = if t.optim_lm.is_some() {
-        grads::global_norm::<Train, _>(&t.lm, &gl)
-    } else {
-        0.0
-    };
-    let grad_norm = (np * np + nl * nl).sqrt();
-    if opt.clip_grad_norm > 0.0 && grad_norm > opt.clip_grad_norm {
-        let f = opt.clip_grad_norm / (grad_norm + 1e-6);
-        grads::scale::<Train, _>(&t.projector, &mut gp, f);
-        grads::scale::<Train, _>(&t.lm, &mut gl, f);
-    }
-    let lr_projector = s.sched_projector.lr(s.state.step);
-    let lr_lm = s.sched_lm.lr(s.state.step);
-    t.projector = t.optim_projector.step(lr_projector, t.projector, gp);
-    if let Some(o) = &mut t.optim_lm {
-        t.lm = o.step(lr_lm, t.lm, gl);
-    }
+    let accum = job.opt.grad_accum as usize;
+    let micro: Vec<Vec<usize>> = (0..accum)
+        .map(|k| {
+            let m = s.state.step as usize * accum + k;
+            order.micro_batch(m, s.micro_per_epoch).to_vec()
+        })
+        .collect();
+    // Counted on the host, so every micro-batch's gradients can be scaled before any
+    // forward and nothing is read back per micro-batch.
+    let seqs = || micro.iter().flatten().map(|&i| &s.data.train[i]);
+    let targets = seqs().map(|q| loss::loss_targets(&q.labels)).sum();
+    let tokens = seqs().map(|q| q.len()).sum();
+    let samples = seqs().count();
+    let plan = Arc::new(StepPlan {
+        step: s.state.step,
+        micro,
+        targets,
+        lr_projector: s.sched_projector.lr(s.state.step),
+        lr_lm: s.sched_lm.lr(s.state.step),
+    });
+    team.send(&plan);
+    let (t, out) = parallel::local_step(0, job, &s.device, t, &plan);
     s.state.step += 1;
     s.state.epoch = (s.state.step as usize * accum) as f64 / s.micro_per_epoch as f64;
     let stats = StepStats {
-        loss: loss_sum / accum as f64,
-        grad_norm,
-        lr_projector,
-        lr_lm,
+        loss: out.loss,
+        grad_norm: out.grad_norm,
+        lr_projector: plan.lr_projector,
+        lr_lm: plan.lr_lm,
         targets,
         tokens,
         samples,
+        allreduce_s: (team.workers > 1).then_some(out.allreduce_s),
     };
     (t, stats)
 }
@@ -454,6 +476,9 @@ fn log_step(
     log("tokens_per_s", st.tokens as f64 / dt)?;
     log("samples_per_s", st.samples as f64 / dt)?;
     log("step_time_s", dt)?;
+    if let Some(a) = st.allreduce_s {
+        log("allreduce_s", a)?;
+    }
     // Peak memory: the GPU allocator's reserved bytes on a GPU, else the process RSS.
     let rss = crate::backend::peak_rss_bytes();
     match crate::backend::device_memory(&s.device) {
@@ -464,6 +489,12 @@ fn log_step(
             log("peak_rss_bytes", rss)?;
         }
         None => log("peak_mem_bytes", rss)?,
+    }
+    // Every other worker's device, on GPUs (the CPU's workers share the process's RSS).
+    for (rank, d) in s.devices.iter().enumerate().skip(1) {
+        if let Some((_, reserved)) = crate::backend::device_memory(d) {
+            log(&format!("peak_mem_bytes/worker{rank}"), reserved as f64)?;
+        }
     }
     Ok(())
 }

@@ -19,9 +19,12 @@
 //! seed and the layer's index. The gradients equal the plain step's (the tests compare them)
 //! up to the order of float sums.
 
+use std::sync::{Mutex, MutexGuard};
+
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::Train;
 use crate::data::batch::LlavaBatch;
@@ -29,27 +32,53 @@ use crate::model::phi::Phi;
 use crate::model::projector::Projector;
 use crate::model::vlm::{llava_embeds, mask_from_int};
 
-use super::loss::masked_lm_loss;
+use super::loss::summed_lm_loss;
+
+/// The inner (no autodiff) backend the gradients live on.
+pub type Inner = <Train as AutodiffBackend>::InnerBackend;
+
+/// Where random draws are serialized. burn's backends draw from one process-wide generator,
+/// so workers of a data-parallel step that seed and then draw must not interleave: with a
+/// lock, each seeding and the draws that follow it run under it, so every worker gets the
+/// masks its seed decides whatever the others do. `None` (one worker, or no dropout): no
+/// lock.
+#[derive(Clone, Copy, Default)]
+pub struct Draws<'a>(pub Option<&'a Mutex<()>>);
+
+impl<'a> Draws<'a> {
+    fn hold(&self) -> Option<MutexGuard<'a, ()>> {
+        self.0.map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// One micro-batch's loss and gradients.
 pub struct MicroStep {
-    /// The unscaled mean loss over the micro-batch's target tokens.
-    pub loss: f64,
-    pub targets: usize,
+    /// The cross-entropy summed over the micro-batch's target tokens, left on the device:
+    /// the loop reads the step's total once.
+    pub loss_sum: Tensor<Inner, 1>,
     pub projector: GradientsParams,
     /// The LM's adapter gradients (empty unless `train_lm`).
     pub lm: GradientsParams,
 }
 
+impl MicroStep {
+    /// The summed loss, read back (a host sync).
+    pub fn loss(&self) -> f64 {
+        self.loss_sum.clone().into_scalar().elem::<f64>()
+    }
+}
+
 /// Forward and backward of one micro-batch with per-layer recomputation; the gradients are
-/// those of `loss / divisor`. `seed` decides the dropout masks (the same for a resumed run).
+/// those of `summed loss / norm` (the loop passes the global batch's target count). `seed`
+/// decides the dropout masks (the same for a resumed run).
 pub fn micro_step(
     projector: &Projector<Train>,
     lm: &Phi<Train>,
     batch: &LlavaBatch<Train>,
-    divisor: f64,
+    norm: f64,
     train_lm: bool,
     seed: u64,
+    draws: Draws,
 ) -> MicroStep {
     let device = batch.input_ids.device();
     let layer_seed = |i: usize| {
@@ -57,23 +86,28 @@ pub fn micro_step(
             .wrapping_mul(0xD1B5_4A32_D192_ED03)
             .rotate_left(17)
     };
-    let embeds = llava_embeds(
-        lm,
-        projector,
-        batch.input_ids.clone(),
-        batch.image_features.clone(),
-        &batch.image_start,
-    );
-    let ctx = lm.context(
-        &embeds,
-        0,
-        Some(mask_from_int(batch.attention_mask.clone())),
-    );
-    let x0 = lm.embed_input(embeds);
+    let (ctx, x0) = {
+        let _held = draws.hold();
+        <Train as Backend>::seed(&device, seed);
+        let embeds = llava_embeds(
+            lm,
+            projector,
+            batch.input_ids.clone(),
+            batch.image_features.clone(),
+            &batch.image_start,
+        );
+        let ctx = lm.context(
+            &embeds,
+            0,
+            Some(mask_from_int(batch.attention_mask.clone())),
+        );
+        (ctx, lm.embed_input(embeds))
+    };
 
     // Forward, nothing recorded: each layer's output is all that is kept.
     let mut inputs = vec![x0.clone().detach()];
     for (i, layer) in lm.layers.iter().enumerate() {
+        let _held = draws.hold();
         <Train as Backend>::seed(&device, layer_seed(i));
         let frozen = layer.clone().no_grad();
         let y = frozen.forward(inputs[i].clone(), &ctx, None);
@@ -85,17 +119,20 @@ pub fn micro_step(
         .pop()
         .expect("the embeddings at least")
         .require_grad();
-    let (loss, targets) = masked_lm_loss(lm.head(last.clone()), batch.labels.clone());
-    let value = loss.clone().into_scalar().elem::<f64>();
-    let g = (loss / divisor).backward();
+    let loss = summed_lm_loss(lm.head(last.clone()), batch.labels.clone());
+    let loss_sum = loss.clone().detach().inner();
+    let g = (loss / norm).backward();
     let mut dx = last.grad(&g).expect("the head depends on its input");
 
     // Each layer, from the last: recompute, then its vector-Jacobian product.
     let mut grads_lm = GradientsParams::new();
     for (i, layer) in lm.layers.iter().enumerate().rev() {
-        <Train as Backend>::seed(&device, layer_seed(i));
         let x = inputs.pop().expect("one input per layer").require_grad();
-        let y = layer.forward(x.clone(), &ctx, None);
+        let y = {
+            let _held = draws.hold();
+            <Train as Backend>::seed(&device, layer_seed(i));
+            layer.forward(x.clone(), &ctx, None)
+        };
         let mut g = (y * Tensor::from_inner(dx)).sum().backward();
         if train_lm {
             super::grads::accumulate::<Train, _>(
@@ -110,27 +147,31 @@ pub fn micro_step(
     // The embeddings: the projector's gradients through the image slots.
     let mut g = (x0 * Tensor::from_inner(dx)).sum().backward();
     MicroStep {
-        loss: value,
-        targets,
+        loss_sum,
         projector: GradientsParams::from_module(&mut g, projector),
         lm: grads_lm,
     }
 }
 
 /// The same micro-batch through one plain backward pass, every activation recorded (dropout
-/// masks drawn from the generator as the step left it): the default, and the reference
-/// [`micro_step`] is tested against.
+/// masks drawn from `seed`): the default, and the reference [`micro_step`] is tested
+/// against.
 pub fn micro_step_plain(
     projector: &Projector<Train>,
     lm: &Phi<Train>,
     batch: &LlavaBatch<Train>,
-    divisor: f64,
+    norm: f64,
     train_lm: bool,
+    seed: u64,
+    draws: Draws,
 ) -> MicroStep {
-    let (loss, targets) =
-        masked_lm_loss(super::forward(projector, lm, batch), batch.labels.clone());
-    let value = loss.clone().into_scalar().elem::<f64>();
-    let mut g = (loss / divisor).backward();
+    let loss = {
+        let _held = draws.hold();
+        <Train as Backend>::seed(&batch.input_ids.device(), seed);
+        summed_lm_loss(super::forward(projector, lm, batch), batch.labels.clone())
+    };
+    let loss_sum = loss.clone().detach().inner();
+    let mut g = (loss / norm).backward();
     let projector = GradientsParams::from_module(&mut g, projector);
     let lm = if train_lm {
         GradientsParams::from_module(&mut g, lm)
@@ -138,8 +179,7 @@ pub fn micro_step_plain(
         GradientsParams::new()
     };
     MicroStep {
-        loss: value,
-        targets,
+        loss_sum,
         projector,
         lm,
     }

@@ -38,4 +38,5 @@ mod store_runs;
 mod sweep_workers;
 mod synth_backbone;
 mod train_e2e;
+mod train_parallel;
 mod train_step;

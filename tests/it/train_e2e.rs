@@ -14,7 +14,7 @@ use harness::store::{State, Store};
 
 use crate::common::{harness_train, repo_path, succeed, wait_for, write};
 
-fn world(dir: &Path) {
+pub(crate) fn world(dir: &Path) {
     let o = SynthOptions {
         images: 160,
         size: 32,
@@ -25,11 +25,11 @@ fn world(dir: &Path) {
     generate(&dir.join("synth"), &o).unwrap();
 }
 
-fn exp(dir: &Path, name: &str, stage1_steps: u64, extra: &str) -> std::path::PathBuf {
+pub(crate) fn exp(dir: &Path, name: &str, stage1_steps: u64, extra: &str) -> std::path::PathBuf {
     exp_with(dir, name, stage1_steps, 6, extra)
 }
 
-fn exp_with(
+pub(crate) fn exp_with(
     dir: &Path,
     name: &str,
     stage1_steps: u64,
@@ -79,18 +79,18 @@ gallery = 4
     write(dir, &format!("{name}.toml"), &text)
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-fn series(rows: &[metrics::Row], stage: &str, split: &str, metric: &str) -> Vec<f64> {
+pub(crate) fn series(rows: &[metrics::Row], stage: &str, split: &str, metric: &str) -> Vec<f64> {
     rows.iter()
         .filter(|r| r.stage == stage && r.split == split && r.metric == metric)
         .map(|r| r.value)
         .collect()
 }
 
-fn projector_values(run_dir: &Path) -> Vec<f32> {
+pub(crate) fn projector_values(run_dir: &Path) -> Vec<f32> {
     let dev = Default::default();
     let cfg = ProjectorConfig::new(32, 64).with_depth(1);
     let p: Projector<Compute> = cfg.init(&dev);
@@ -257,7 +257,7 @@ fn kill_9_then_resume_reaches_the_same_weights() {
 
 /// Runs `f` into `results`, kills it with SIGKILL once `stage` has written a checkpoint (and
 /// before it finished), resumes it with `--resume`, and returns the run's folder.
-fn kill_mid_stage_then_resume(
+pub(crate) fn kill_mid_stage_then_resume(
     dir: &Path,
     results: &Path,
     cache: &Path,
@@ -307,7 +307,7 @@ fn kill_mid_stage_then_resume(
 }
 
 /// Every adapter weight of a run's stage-2 result, in layer order.
-fn adapter_values(run_dir: &Path) -> Vec<f32> {
+pub(crate) fn adapter_values(run_dir: &Path) -> Vec<f32> {
     use harness::model::checkpoint::Checkpoint;
     use harness::model::lora::LoraConfig;
     use harness::model::phi::{Phi, PhiConfig};
