@@ -52,6 +52,17 @@ for dtype in ${DTYPES:-f32 auto}; do
     echo "wall ${SECONDS} s"
     "$bin" show "gpu-$dtype" 2>&1 | grep -E "^status|/loss |qa_acc |CIDEr|Bleu_4|step_time|peak_mem|device_mem|peak_rss"
 done
+# Data parallel on one GPU: two workers sharing device 0 (the path 8 GPUs take), and the
+# all-reduce of Phi-2's LoRA r-128 + projector gradients (~190 M f32) it would make a step.
+step "all-reduce of 190 M f32 between 2 workers on GPU 0"
+timeout "$t" "$bin" bench --allreduce 190000000 --devices 0,0 --repeats 5 --json
+step "gpu-smoke on cuda, devices = [0, 0]"
+sed -e 's/^name = .*/name = "gpu-dp"/' -e 's/^seed = 0/seed = 0\nbackend = "cuda"/' \
+    benches/gpu-smoke.toml > "$work/gpu-dp.toml"
+SECONDS=0
+timeout "${RUN_TIMEOUT:-180}" "$bin" run "$work/gpu-dp.toml" --devices 0,0 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | grep -v '\[' | tail -8
+echo "wall ${SECONDS} s"
+"$bin" show gpu-dp 2>&1 | grep -E "^status|/loss |qa_acc |step_time|allreduce|peak_mem"
 tar czf "$OUT/results.tgz" -C "$work" results 2>/dev/null
 
 step done
