@@ -206,3 +206,24 @@ where
     fsutil::sync_dir(dir);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_of_another_worker_count_is_refused_with_its_folder() {
+        let ck = Path::new("/runs/x/checkpoints/stage2/step-00000004");
+        let state = TrainState::new(10, 1);
+        assert!(check_workers(ck, &state, 1).is_ok());
+        let e = check_workers(ck, &state, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("step-00000004") && e.contains("1 data-parallel worker(s), this run has 2"),
+            "{e}"
+        );
+        // Checkpoints from before data parallelism read as one worker.
+        let old: TrainState =
+            serde_json::from_str(r#"{"step": 4, "epoch": 0.5, "total_steps": 10}"#).unwrap();
+        assert_eq!(old.workers, 1);
+    }
+}

@@ -116,27 +116,20 @@ where
         // uninterrupted one would.
         let micro = (plan.step as usize * accum + k) * n + rank;
         let micro_seed = job.seed ^ (micro as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
-        let m = if opt.activation_checkpointing {
-            recompute::micro_step(
-                &t.projector,
-                &t.lm,
-                &batch,
-                norm,
-                train_lm,
-                micro_seed,
-                draws,
-            )
+        let micro_step = if opt.activation_checkpointing {
+            recompute::micro_step
         } else {
-            recompute::micro_step_plain(
-                &t.projector,
-                &t.lm,
-                &batch,
-                norm,
-                train_lm,
-                micro_seed,
-                draws,
-            )
+            recompute::micro_step_plain
         };
+        let m = micro_step(
+            &t.projector,
+            &t.lm,
+            &batch,
+            norm,
+            train_lm,
+            micro_seed,
+            draws,
+        );
         loss_sum = loss_sum + m.loss_sum;
         grads::accumulate::<Train, _>(&t.projector, &mut gp, m.projector);
         if train_lm {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use harness::store::{metrics, Store};
 
 use crate::common::{harness_train, succeed};
+use crate::model_parity::max_abs;
 use crate::train_e2e::{
     adapter_values, exp_with, kill_mid_stage_then_resume, projector_values, series, world,
 };
@@ -44,14 +45,6 @@ fn run_dir(results: &Path, name: &str) -> PathBuf {
     s.run_dir(&s.resolve(name).unwrap())
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn two_workers_reach_the_weights_of_one_on_the_whole_batch() {
     let d = tempfile::tempdir().unwrap();
@@ -77,10 +70,10 @@ fn two_workers_reach_the_weights_of_one_on_the_whole_batch() {
     assert!(!status.contains("reused"), "{status}");
 
     let (pa, pb) = (projector_values(&a), projector_values(&b));
-    let dp = max_abs_diff(&pa, &pb);
+    let dp = max_abs(&pa, &pb);
     let (aa, ab) = (adapter_values(&a), adapter_values(&b));
     assert!(aa.iter().any(|&v| v != 0.0), "stage 2 trained the adapters");
-    let dl = max_abs_diff(&aa, &ab);
+    let dl = max_abs(&aa, &ab);
     eprintln!("1 vs 2 workers: projector max |diff| {dp:e}, adapters {dl:e}");
     assert!(dp <= 1e-5, "projector after stage 1: {dp}");
     assert!(dl <= 1e-5, "adapters after stage 2: {dl}");
@@ -137,5 +130,28 @@ fn two_workers_resume_after_kill_9_to_the_same_adapters() {
         adapter_values(&run),
         reference,
         "bitwise equal adapters after kill -9 with two workers and resume"
+    );
+}
+
+#[test]
+fn a_device_the_cpu_build_lacks_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    world(d.path());
+    let f = parallel_exp(d.path(), "bad", 2, 2, 2);
+    let text = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("devices = [0, 0]", "devices = [0, 1]");
+    std::fs::write(&f, text).unwrap();
+    let results = d.path().join("results");
+    let out = harness_train(d.path(), &results, &d.path().join("cache"))
+        .arg("run")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("devices = [0, 1]") && err.contains("device 1 does not exist"),
+        "{err}"
     );
 }
