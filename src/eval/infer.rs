@@ -110,9 +110,10 @@ pub fn generate_for_images<B: crate::model::lora::QLoraBackend>(
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [chunk.len()]), &device);
             let feats = features.clone().select(0, idx);
             debug_assert_eq!(feats.dims(), [chunk.len(), patches, dv]);
-            let images = projector.forward(feats);
             let starts = vec![Some(nb); chunk.len()];
-            let embeds = crate::model::vlm::fill_image_slots(lm.embed(ids), images, &starts);
+            // As training builds them: the projector's f32 output cast to the LM's dtype
+            // (bf16 on a GPU) before it fills the image slots.
+            let embeds = crate::model::vlm::llava_embeds(lm, projector, ids, feats, &starts);
             let streams: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
             let generated = generate_streams(lm, embeds, opts, &streams);
             for (g, &i) in generated.into_iter().zip(chunk) {
