@@ -15,29 +15,7 @@ use harness::store::{State, Store};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{experiment, harness, repo_path, succeed, write};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::common::{experiment, git, harness, repo_path, succeed, write};
 
 /// Commits everything in `repo` (a change outside the fingerprinted code); the new commit.
 fn commit(repo: &Path, note: &str) -> String {

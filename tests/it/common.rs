@@ -16,6 +16,30 @@ pub fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Runs git in `dir` (identity and signing set, so it works on a bare machine), asserting
+/// success; its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The harness binary, run in `cwd` with the orchestration test stage.
 pub fn harness(cwd: &Path, results: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));

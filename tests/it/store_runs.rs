@@ -1,6 +1,5 @@
 //! The run store: claims, provenance, metrics, sweeps, kill -9 and resume.
 
-use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use harness::store::metrics::{self, MetricsWriter};
 use harness::store::provenance::code_state;
 use harness::store::{State, Store};
 
-use crate::common::{experiment, harness, succeed, wait_for, write};
+use crate::common::{experiment, git, harness, succeed, wait_for, write};
 
 #[test]
 fn concurrent_claims_in_threads_have_one_winner() {
@@ -164,27 +163,6 @@ fn interval_batches_rows_into_few_parts() {
     w.flush().unwrap();
     assert_eq!(metrics::part_files(d.path()).unwrap().len(), 1);
     assert_eq!(metrics::read_rows(d.path()).unwrap().len(), 1000);
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
 }
 
 #[test]
