@@ -62,15 +62,12 @@ impl LlavaBatcher {
         let mut mask = vec![0i64; b * l];
         let feat_len = self.image_tokens * self.feature_dim;
         let mut feats = vec![0f32; b * feat_len];
-        let mut target_tokens = 0;
         for (r, item) in items.iter().enumerate() {
             let s = &item.seq;
             for (c, (&t, &lab)) in s.input_ids.iter().zip(&s.labels).enumerate() {
                 ids[r * l + c] = t as i64;
                 labels[r * l + c] = lab;
                 mask[r * l + c] = 1;
-                // Position 0 predicts nothing (the loss's count, `loss::loss_targets`).
-                target_tokens += (c > 0 && lab != IGNORE) as usize;
             }
             if let Some(f) = &item.features {
                 assert_eq!(
@@ -96,7 +93,7 @@ impl LlavaBatcher {
             image_start: items.iter().map(|i| i.seq.image_start).collect(),
             ids: items.iter().map(|i| i.seq.id.clone()).collect(),
             lengths: items.iter().map(|i| i.seq.len()).collect(),
-            target_tokens,
+            target_tokens: items.iter().map(|i| i.seq.loss_targets()).sum(),
         }
     }
 }

@@ -144,6 +144,12 @@ impl Sequence {
         self.input_ids.is_empty()
     }
 
+    /// The target tokens the loss counts: labels at positions 1.. (position t predicts
+    /// label t + 1) that are not ignored.
+    pub fn loss_targets(&self) -> usize {
+        self.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
+    }
+
     pub fn targets(&self) -> Vec<u32> {
         self.labels
             .iter()

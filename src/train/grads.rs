@@ -111,20 +111,44 @@ pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
     });
 }
 
-/// The trainable parameters' gradients of one or more modules laid end to end in one flat
-/// tensor, in the modules' visit order (the same on every replica, whatever the parameter
-/// ids). A parameter without a gradient (a worker whose share of the batch was empty)
-/// takes zeros, so every replica's buffer has the same layout.
-pub struct Flat<B: AutodiffBackend> {
-    pub values: Tensor<B::InnerBackend, 1>,
-    /// Each parameter's shape, in buffer order.
-    shapes: Vec<Vec<usize>>,
+/// The gradients of `module`'s trainable parameters laid end to end in one flat tensor, in
+/// the module's visit order (the same on every replica, whatever the parameter ids). A
+/// parameter without a gradient (a worker whose share of the batch was empty) takes zeros,
+/// so every replica's buffer has the same layout. [`unflatten`] undoes it.
+pub fn flatten<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut g = Gather::<B> {
+        grads: &mut grads,
+        parts: vec![],
+    };
+    module.visit(&mut g);
+    if g.parts.is_empty() {
+        return Tensor::zeros([0], &Default::default());
+    }
+    Tensor::cat(g.parts, 0)
+}
+
+/// `values` (as [`flatten`] laid out `module`'s, or a replica's) back as its gradients.
+pub fn unflatten<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    values: Tensor<B::InnerBackend, 1>,
+) -> GradientsParams {
+    let mut out = GradientsParams::new();
+    let mut s = Scatter::<B> {
+        values: &values,
+        at: 0,
+        into: &mut out,
+    };
+    module.visit(&mut s);
+    debug_assert_eq!(s.at, values.dims()[0], "unflattened into another module");
+    out
 }
 
 struct Gather<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     parts: Vec<Tensor<B::InnerBackend, 1>>,
-    shapes: Vec<Vec<usize>>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
@@ -132,14 +156,12 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
         if !param.is_require_grad() {
             return;
         }
-        let dims = param.val().dims();
-        let n: usize = dims.iter().product();
+        let n: usize = param.val().dims().iter().product();
         let part = match self.grads.remove::<B::InnerBackend, D>(param.id) {
             Some(g) => g.reshape([n]),
             None => Tensor::zeros([n], &param.device()),
         };
         self.parts.push(part);
-        self.shapes.push(dims.to_vec());
     }
 }
 
@@ -163,56 +185,5 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
             .reshape(dims);
         self.into.register(param.id, g);
         self.at += n;
-    }
-}
-
-impl<B: AutodiffBackend> Flat<B> {
-    /// Takes `grads` of `module`'s trainable parameters into one buffer.
-    pub fn gather<M: AutodiffModule<B>>(module: &M, mut grads: GradientsParams) -> Self {
-        let mut g = Gather::<B> {
-            grads: &mut grads,
-            parts: vec![],
-            shapes: vec![],
-        };
-        module.visit(&mut g);
-        let values = if g.parts.is_empty() {
-            Tensor::zeros([0], &Default::default())
-        } else {
-            Tensor::cat(g.parts, 0)
-        };
-        Flat {
-            values,
-            shapes: g.shapes,
-        }
-    }
-
-    /// Parameters in the buffer.
-    pub fn len(&self) -> usize {
-        self.shapes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shapes.is_empty()
-    }
-
-    /// The squared L2 norm of every gradient in the buffer, as a tensor (read it once).
-    pub fn squared_norm(&self) -> Tensor<B::InnerBackend, 1> {
-        self.values.clone().square().sum()
-    }
-
-    /// The gradients back as `module`'s, which must be the module gathered (or a replica).
-    pub fn scatter<M: AutodiffModule<B>>(self, module: &M) -> GradientsParams {
-        let mut out = GradientsParams::new();
-        if self.shapes.is_empty() {
-            return out;
-        }
-        let mut s = Scatter::<B> {
-            values: &self.values,
-            at: 0,
-            into: &mut out,
-        };
-        module.visit(&mut s);
-        debug_assert_eq!(s.at, self.values.dims()[0], "scattered into another module");
-        out
     }
 }

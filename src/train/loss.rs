@@ -38,12 +38,6 @@ pub fn summed_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     (picked * keep.float()).sum().neg()
 }
 
-/// The target tokens of a sequence the loss counts: labels at positions 1.. (position t
-/// predicts label t + 1) that are not ignored.
-pub fn loss_targets(labels: &[i64]) -> usize {
-    labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

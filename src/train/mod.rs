@@ -125,7 +125,6 @@ struct Stage {
     tok: Tokenizer,
     /// One per worker; rank 0's first.
     devices: Vec<Device>,
-    device: Device,
     /// Whether any dropout is on (several workers then serialize their draws).
     dropout: bool,
     state: TrainState,
@@ -135,16 +134,23 @@ struct Stage {
     sched_lm: LrSchedule,
 }
 
+impl Stage {
+    /// Rank 0's device: where the loop, validation and evaluation run.
+    fn device(&self) -> &Device {
+        &self.devices[0]
+    }
+}
+
 /// Trains one stage of `ctx.exp` (resuming from its latest checkpoint when there is one),
 /// on every device of `devices` (data parallel when there are several).
 pub fn run_stage(ctx: &mut StageContext) -> Result<()> {
     let (s, t) = set_up(ctx)?;
-    if s.devices.len() == 1 {
-        return drive(ctx, s, t, &Team::solo());
-    }
     let job = job(ctx, &s);
+    if s.devices.len() == 1 {
+        return drive(ctx, s, t, &job, &Team::solo());
+    }
     let devices = s.devices.clone();
-    parallel::with_team(&job, &devices, t, |team, t| drive(ctx, s, t, team))
+    parallel::with_team(&job, &devices, t, |team, t| drive(ctx, s, t, &job, team))
 }
 
 fn job(ctx: &StageContext, s: &Stage) -> Job {
@@ -162,6 +168,7 @@ fn drive<OP, OL>(
     ctx: &mut StageContext,
     mut s: Stage,
     mut t: Trained<OP, OL>,
+    job: &Job,
     team: &Team,
 ) -> Result<()>
 where
@@ -169,7 +176,6 @@ where
     OL: Optimizer<Phi<Train>, Train>,
 {
     let (stage, opt) = (ctx.name(), ctx.opt().clone());
-    let job = job(ctx, &s);
     let bar = progress(&stage, s.total, s.state.step);
     let mut order = EpochOrder::new(&s.data, &opt, ctx.exp.seed, team.workers);
     let mut mem = Memory::default();
@@ -177,7 +183,7 @@ where
     while s.state.step < s.total {
         let t0 = Instant::now();
         let step;
-        (t, step) = train_step(&mut s, t, &mut order, &job, team);
+        (t, step) = train_step(&mut s, t, &mut order, job, team);
         let dt = t0.elapsed().as_secs_f64();
         log_step(ctx, &s, &step, dt, &mut mem)?;
         bar.set_position(s.state.step);
@@ -326,7 +332,6 @@ fn set_up(
         data: Arc::new(data),
         tok,
         devices,
-        device,
         dropout,
         state,
         total,
@@ -418,7 +423,7 @@ where
     // Counted on the host, so every micro-batch's gradients can be scaled before any
     // forward and nothing is read back per micro-batch.
     let seqs = || micro.iter().flatten().map(|&i| &s.data.train[i]);
-    let targets = seqs().map(|q| loss::loss_targets(&q.labels)).sum();
+    let targets = seqs().map(|q| q.loss_targets()).sum();
     let tokens = seqs().map(|q| q.len()).sum();
     let samples = seqs().count();
     let plan = Arc::new(StepPlan {
@@ -429,7 +434,7 @@ where
         lr_lm: s.sched_lm.lr(s.state.step),
     });
     team.send(&plan);
-    let (t, out) = parallel::local_step(0, job, &s.device, t, &plan);
+    let (t, out) = parallel::local_step(0, job, s.device(), t, &plan);
     s.state.step += 1;
     s.state.epoch = (s.state.step as usize * accum) as f64 / s.micro_per_epoch as f64;
     let stats = StepStats {
@@ -481,7 +486,7 @@ fn log_step(
     }
     // Peak memory: the GPU allocator's reserved bytes on a GPU, else the process RSS.
     let rss = crate::backend::peak_rss_bytes();
-    match crate::backend::device_memory(&s.device) {
+    match crate::backend::device_memory(s.device()) {
         Some((in_use, reserved)) => {
             mem.peak_device = mem.peak_device.max(reserved as f64);
             log("peak_mem_bytes", mem.peak_device)?;
@@ -530,7 +535,7 @@ where
     let last = step == s.total;
     if (opt.eval_every > 0 && step % opt.eval_every == 0) || last {
         let (p, lm) = (t.projector.valid(), t.lm.valid());
-        if let Some(v) = validate(&p, &lm, &s.data, opt.batch as usize, &s.device) {
+        if let Some(v) = validate(&p, &lm, &s.data, opt.batch as usize, s.device()) {
             ctx.metrics.log(&stage, "val", step, e, "loss", v)?;
             ctx.metrics
                 .log(&stage, "val", step, e, "perplexity", v.exp())?;

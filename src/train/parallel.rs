@@ -24,7 +24,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
-use crate::backend::Train;
+use crate::backend::{Compute, Train};
 use crate::config::StageConfig;
 use crate::data::batch::cached_items;
 use crate::model::phi::Phi;
@@ -32,8 +32,8 @@ use crate::model::projector::Projector;
 
 use super::checkpoint::Trained;
 use super::data::StageData;
-use super::grads::{self, Flat};
-use super::recompute::{self, Draws, Inner};
+use super::grads;
+use super::recompute::{self, Draws};
 use super::Device;
 
 /// What every worker of a stage shares.
@@ -103,7 +103,7 @@ where
     let norm = plan.targets.max(1) as f64;
     let draws = Draws((n > 1 && job.dropout).then_some(&DRAWS));
     let (mut gp, mut gl) = (GradientsParams::new(), GradientsParams::new());
-    let mut loss_sum = Tensor::<Inner, 1>::zeros([1], device);
+    let mut loss_sum = Tensor::<Compute, 1>::zeros([1], device);
     for (k, idx) in plan.micro.iter().enumerate() {
         let mine = share(idx, rank, n);
         if mine.is_empty() {
@@ -138,13 +138,11 @@ where
     }
 
     // Everything trained in one buffer, the loss at its end: one all-reduce, one host read.
-    let mut fp = Flat::<Train>::gather(&t.projector, gp);
-    let fl = train_lm.then(|| Flat::<Train>::gather(&t.lm, gl));
-    let np = fp.values.dims()[0];
-    let nl = fl.as_ref().map_or(0, |f| f.values.dims()[0]);
-    let mut parts = vec![fp.values.clone()];
-    if let Some(f) = &fl {
-        parts.push(f.values.clone());
+    let fp = grads::flatten::<Train, _>(&t.projector, gp);
+    let np = fp.dims()[0];
+    let mut parts = vec![fp];
+    if train_lm {
+        parts.push(grads::flatten::<Train, _>(&t.lm, gl));
     }
     parts.push(loss_sum);
     let mut buffer = Tensor::cat(parts, 0);
@@ -154,11 +152,12 @@ where
         buffer = all_reduce(rank, buffer);
         allreduce_s = t0.elapsed().as_secs_f64();
     }
-    let values = buffer.clone().slice(0..np + nl);
+    let total = buffer.dims()[0];
+    let values = buffer.clone().slice(0..total - 1);
     let read = Tensor::cat(
         vec![
             values.clone().square().sum(),
-            buffer.slice(np + nl..np + nl + 1),
+            buffer.slice(total - 1..total),
         ],
         0,
     )
@@ -173,12 +172,10 @@ where
     } else {
         values
     };
-    fp.values = values.clone().slice(0..np);
-    let gp = fp.scatter(&t.projector);
+    let gp = grads::unflatten::<Train, _>(&t.projector, values.clone().slice(0..np));
     t.projector = t.optim_projector.step(plan.lr_projector, t.projector, gp);
-    if let (Some(o), Some(mut f)) = (&mut t.optim_lm, fl) {
-        f.values = values.slice(np..np + nl);
-        let gl = f.scatter(&t.lm);
+    if let Some(o) = &mut t.optim_lm {
+        let gl = grads::unflatten::<Train, _>(&t.lm, values.slice(np..total - 1));
         t.lm = o.step(plan.lr_lm, t.lm, gl);
     }
     let out = StepOut {
@@ -190,9 +187,9 @@ where
 }
 
 /// The sum over all workers of each worker's `buffer`.
-fn all_reduce(rank: usize, buffer: Tensor<Inner, 1>) -> Tensor<Inner, 1> {
+fn all_reduce(rank: usize, buffer: Tensor<Compute, 1>) -> Tensor<Compute, 1> {
     let prim = buffer.into_primitive().tensor();
-    match collective::all_reduce::<Inner>(PeerId(rank as u32), prim, ReduceOperation::Sum) {
+    match collective::all_reduce::<Compute>(PeerId(rank as u32), prim, ReduceOperation::Sum) {
         Ok(t) => Tensor::from_primitive(TensorPrimitive::Float(t)),
         // Only when a worker died mid-step (its panic follows) or the peers disagree.
         Err(e) => panic!("all-reduce of the gradients failed on worker {rank}: {e:?}"),
@@ -226,7 +223,7 @@ impl Drop for Team {
     /// forgetting the collective's peers makes their calls fail, so their threads end too.
     fn drop(&mut self) {
         if std::thread::panicking() && self.workers > 1 {
-            collective::reset_collective::<Inner>();
+            collective::reset_collective::<Compute>();
         }
     }
 }
@@ -285,7 +282,7 @@ where
         };
         let out = lead(&team, t);
         drop(team);
-        let _ = collective::finish_collective::<Inner>(PeerId(0));
+        let _ = collective::finish_collective::<Compute>(PeerId(0));
         out
     })
 }
@@ -294,7 +291,7 @@ where
 #[allow(clippy::clone_on_copy)]
 fn register(rank: usize, n: usize, device: &Device) {
     let cfg = CollectiveConfig::default().with_num_devices(n);
-    if let Err(e) = collective::register::<Inner>(PeerId(rank as u32), device.clone(), cfg) {
+    if let Err(e) = collective::register::<Compute>(PeerId(rank as u32), device.clone(), cfg) {
         panic!("worker {rank} could not join the all-reduce: {e:?}");
     }
 }
@@ -319,10 +316,10 @@ fn follow<OP, OL>(
     });
     if let Err(panic) = std::panic::catch_unwind(run) {
         // Unblocks rank 0's pending all-reduce (it fails and says so), then re-raises.
-        collective::reset_collective::<Inner>();
+        collective::reset_collective::<Compute>();
         std::panic::resume_unwind(panic);
     }
-    let _ = collective::finish_collective::<Inner>(PeerId(rank as u32));
+    let _ = collective::finish_collective::<Compute>(PeerId(rank as u32));
 }
 
 /// Times one all-reduce (sum) of `params` f32 values between one worker thread per entry
@@ -333,7 +330,7 @@ pub fn time_all_reduce(params: usize, devices: &[Device], repeats: usize) -> Vec
     let n = devices.len();
     let round = |rank: usize, device: &Device| {
         // Worker r sends r + 1 everywhere: the sum is n (n + 1) / 2, whoever reduces.
-        let x = Tensor::<Inner, 1>::full([params], (rank + 1) as f32, device);
+        let x = Tensor::<Compute, 1>::full([params], (rank + 1) as f32, device);
         let t0 = Instant::now();
         let y = all_reduce(rank, x);
         // Waits for the device: the sum's last element is read back (and checked).
@@ -354,13 +351,13 @@ pub fn time_all_reduce(params: usize, devices: &[Device], repeats: usize) -> Vec
                 for _ in 0..=repeats {
                     round(rank, device);
                 }
-                let _ = collective::finish_collective::<Inner>(PeerId(rank as u32));
+                let _ = collective::finish_collective::<Compute>(PeerId(rank as u32));
             });
         }
         register(0, n, &devices[0]);
         round(0, &devices[0]);
         let times = (0..repeats).map(|_| round(0, &devices[0])).collect();
-        let _ = collective::finish_collective::<Inner>(PeerId(0));
+        let _ = collective::finish_collective::<Compute>(PeerId(0));
         times
     })
 }

@@ -21,21 +21,16 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
-
-use crate::backend::Train;
+use crate::backend::{Compute, Train};
 use crate::data::batch::LlavaBatch;
 use crate::model::phi::Phi;
 use crate::model::projector::Projector;
 use crate::model::vlm::{llava_embeds, mask_from_int};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
 
 use super::loss::summed_lm_loss;
-
-/// The inner (no autodiff) backend the gradients live on.
-pub type Inner = <Train as AutodiffBackend>::InnerBackend;
 
 /// Where random draws are serialized. burn's backends draw from one process-wide generator,
 /// so workers of a data-parallel step that seed and then draw must not interleave: with a
@@ -55,7 +50,7 @@ impl<'a> Draws<'a> {
 pub struct MicroStep {
     /// The cross-entropy summed over the micro-batch's target tokens, left on the device:
     /// the loop reads the step's total once.
-    pub loss_sum: Tensor<Inner, 1>,
+    pub loss_sum: Tensor<Compute, 1>,
     pub projector: GradientsParams,
     /// The LM's adapter gradients (empty unless `train_lm`).
     pub lm: GradientsParams,
