@@ -19,6 +19,8 @@ use burn::tensor::activation;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorPrimitive};
 
+use super::lora::QLoraBackend;
+
 /// Multi-head scaled dot-product attention on `[batch, heads, tokens, head_dim]` tensors.
 /// `mask` is true where attention is *not* allowed, broadcast to `[batch, heads, q, k]`.
 /// Softmax rows that are fully masked become uniform instead of NaN (the fill is finite).
@@ -73,27 +75,48 @@ pub fn attention_biased<B: Backend>(
     probs.matmul(v)
 }
 
-/// Softmax in f32 as HF does (`softmax(..., dtype=float32)`), whatever the compute dtype:
-/// the probabilities in f32, and each row's max and log-sum-exp of the shifted scores
-/// (`[.., q, 1]` each) that the backward rebuilds them from. Kept apart, not summed: in a
-/// fully masked row the max is -1e30 and `max + ln(n)` would round the `ln(n)` away.
-fn probs_and_stats<B: Backend>(scores: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-    let s = scores.cast(DType::F32);
+/// Softmax in f32 as HF does (`softmax(..., dtype=float32)`), whatever the compute dtype,
+/// of the scores `raw * scale + bias`: the probabilities in f32, and each row's max and
+/// log-sum-exp of the shifted scores (`[.., q, 1]` each) that the backward rebuilds them
+/// from. Kept apart, not summed: in a fully masked row the max is -1e30 and `max + ln(n)`
+/// would round the `ln(n)` away. Composed of burn's ops: the default of
+/// [`QLoraBackend::softmax_stats`], which the CPU build fuses.
+pub(crate) fn softmax_stats_ops<B: Backend>(
+    raw: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> [Tensor<B, 4>; 3] {
+    let s = scaled(raw, bias, scale).cast(DType::F32);
     let max = s.clone().max_dim(3);
     let e = (s - max.clone()).exp();
     let sum = e.clone().sum_dim(3);
-    (e / sum.clone(), max, sum.log())
+    [e / sum.clone(), max, sum.log()]
 }
 
-fn scores<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    bias: Option<&Tensor<B, 4>>,
+/// The probabilities again from [`softmax_stats_ops`]' row statistics (f32).
+pub(crate) fn softmax_probs_ops<B: Backend>(
+    raw: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+    [max, lse]: [Tensor<B, 4>; 2],
 ) -> Tensor<B, 4> {
-    let head_dim = q.dims()[3];
-    let s = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5);
+    (scaled(raw, bias, scale).cast(DType::F32) - max - lse).exp()
+}
+
+/// The softmax backward in f32, times the scores' scale: `scale * P (dP - rowsum(P dP))`.
+pub(crate) fn softmax_grad_ops<B: Backend>(
+    p: Tensor<B, 4>,
+    dp: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let row = (p.clone() * dp.clone()).sum_dim(3);
+    p * (dp - row) * scale
+}
+
+fn scaled<B: Backend>(raw: Tensor<B, 4>, bias: Option<Tensor<B, 4>>, scale: f64) -> Tensor<B, 4> {
+    let s = raw * scale;
     match bias {
-        Some(b) => s + b.clone(),
+        Some(b) => s + b,
         None => s,
     }
 }
@@ -101,7 +124,7 @@ fn scores<B: Backend>(
 /// [`attention_biased`] as one autodiff op on `Autodiff<B>`: same forward values (the
 /// softmax through its log-sum-exp), and a backward that recomputes the probabilities
 /// instead of keeping them. `bias` is a constant (the mask); no gradient flows into it.
-pub fn lean_attention<B: Backend, C: CheckpointStrategy>(
+pub fn lean_attention<B: QLoraBackend, C: CheckpointStrategy>(
     q: Tensor<Autodiff<B, C>, 4>,
     k: Tensor<Autodiff<B, C>, 4>,
     v: Tensor<Autodiff<B, C>, 4>,
@@ -119,7 +142,7 @@ pub fn lean_attention<B: Backend, C: CheckpointStrategy>(
         (FloatTensor<B>, FloatTensor<B>),
     );
 
-    impl<B: Backend> Backward<B, 3> for Lean {
+    impl<B: QLoraBackend> Backward<B, 3> for Lean {
         type State = State<B>;
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -131,13 +154,12 @@ pub fn lean_attention<B: Backend, C: CheckpointStrategy>(
             let dtype = q.dtype();
             let scale = (q.dims()[3] as f64).powf(-0.5);
             // P again, from the scores and the saved row statistics (f32).
-            let s = scores(q.clone(), k.clone(), bias.as_ref()).cast(DType::F32);
-            let p = (s - max - lse).exp();
+            let raw = q.clone().matmul(k.clone().swap_dims(2, 3));
+            let p = B::softmax_probs(raw, bias, scale, [max, lse]);
             let dv = p.clone().cast(dtype).swap_dims(2, 3).matmul(d_o.clone());
             let dp = d_o.matmul(v.swap_dims(2, 3)).cast(DType::F32);
-            // Softmax backward: dS = P (dP - rowsum(P dP)).
-            let row = (p.clone() * dp.clone()).sum_dim(3);
-            let ds = (p * (dp - row)).cast(dtype) * scale;
+            // Softmax backward: dS = scale P (dP - rowsum(P dP)).
+            let ds = B::softmax_grad(p, dp, scale).cast(dtype);
             let dq = ds.clone().matmul(k);
             let dk = ds.swap_dims(2, 3).matmul(q);
             let [pq, pk, pv] = ops.parents;
@@ -153,7 +175,9 @@ pub fn lean_attention<B: Backend, C: CheckpointStrategy>(
     let (qi, ki, vi) = (inner(&q), inner(&k), inner(&v));
     let bi = bias.as_ref().map(inner);
     let dtype = qi.dtype();
-    let (p, max, lse) = probs_and_stats(scores(qi.clone(), ki.clone(), bi.as_ref()));
+    let scale = (qi.dims()[3] as f64).powf(-0.5);
+    let raw = qi.clone().matmul(ki.clone().swap_dims(2, 3));
+    let [p, max, lse] = B::softmax_stats(raw, bi.clone(), scale);
     let out = p.cast(dtype).matmul(vi.clone());
     let prim = |x: Tensor<Autodiff<B, C>, 4>| x.into_primitive().tensor();
     let nodes = [q, k, v].map(|x| prim(x).node);

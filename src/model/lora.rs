@@ -32,7 +32,9 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorCreationOptions, TensorPrimitive};
 
-use super::attention::{attention_biased, lean_attention};
+use super::attention::{
+    attention_biased, lean_attention, softmax_grad_ops, softmax_probs_ops, softmax_stats_ops,
+};
 use super::checkpoint::Checkpoint;
 use super::nf4::{Nf4Config, Nf4Tensor};
 use super::{linear_flat, on_rows};
@@ -361,6 +363,61 @@ pub trait QLoraBackend: Backend {
     ) -> Tensor<Self, 4> {
         attention_biased(q, k, v, bias)
     }
+
+    /// The softmax over the last dim of the scores `raw * scale + bias`, in f32, with each
+    /// row's max and log-sum-exp (`[.., q, 1]`): the forward of [`lean_attention`].
+    fn softmax_stats(
+        raw: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+    ) -> [Tensor<Self, 4>; 3] {
+        softmax_stats_ops(raw, bias, scale)
+    }
+
+    /// The probabilities again from [`Self::softmax_stats`]' max and log-sum-exp.
+    fn softmax_probs(
+        raw: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+        stats: [Tensor<Self, 4>; 2],
+    ) -> Tensor<Self, 4> {
+        softmax_probs_ops(raw, bias, scale, stats)
+    }
+
+    /// The softmax backward (f32), times the scores' scale: `scale * p (dp - rowsum(p dp))`.
+    fn softmax_grad(p: Tensor<Self, 4>, dp: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        softmax_grad_ops(p, dp, scale)
+    }
+
+    /// Phi's `gelu_new` on a flattened tensor (see [`gelu_lm`] for any rank).
+    fn gelu_tanh(x: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        super::gelu_tanh(x)
+    }
+
+    /// `dy * gelu_new'(x)`: the backward of [`Self::gelu_tanh`] as its own op.
+    fn gelu_tanh_grad(x: Tensor<Self, 1>, dy: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        gelu_tanh_grad_ops(x, dy)
+    }
+}
+
+/// `gelu_new'(x) dy = (s + x s (1 - s) (A + 3 B x^2)) dy` with `s = sigmoid(A x + B x^3)`
+/// ([`super::gelu_tanh`]'s constants), by tensor ops.
+pub(crate) fn gelu_tanh_grad_ops<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    dy: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let (a, b3) = super::GELU_TANH;
+    let s = burn::tensor::activation::sigmoid(x.clone() * (x.clone() * x.clone() * b3 + a));
+    let du = x.clone() * x.clone() * (3.0 * b3) + a;
+    let one_minus = s.clone().neg() + 1.0;
+    (s.clone() + x * s * one_minus * du) * dy
+}
+
+/// [`QLoraBackend::gelu_tanh`] at any rank (flattened and back: views, no copies).
+pub fn gelu_lm<B: QLoraBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let n: usize = dims.iter().product();
+    B::gelu_tanh(x.reshape([n])).reshape(dims)
 }
 
 fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Option<DType>) -> Tensor<B, D> {
@@ -437,6 +494,8 @@ pub(crate) fn dequantized_on_device<B: Backend>(
     w2.reshape([w.shape[0], w.shape[1]]).cast(dtype)
 }
 
+/// On a GPU every op keeps its default; the CPU build's fused kernels are in [`super::kernels`].
+#[cfg(feature = "cuda")]
 impl QLoraBackend for crate::backend::Compute {}
 
 impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
@@ -447,6 +506,39 @@ impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
         bias: Option<Tensor<Self, 4>>,
     ) -> Tensor<Self, 4> {
         lean_attention(q, k, v, bias)
+    }
+
+    /// One op under autodiff: keeps `x` alone for the backward (the composed form keeps
+    /// four intermediates), which is [`QLoraBackend::gelu_tanh_grad`] on the inner backend.
+    fn gelu_tanh(x: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        #[derive(Debug)]
+        struct Gelu;
+
+        impl<B: QLoraBackend> Backward<B, 1> for Gelu {
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let x = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(ops.state));
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    let dy = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grad));
+                    B::gelu_tanh_grad(x, dy).into_primitive().tensor()
+                });
+            }
+        }
+
+        let xi = x.clone().inner();
+        let y = B::gelu_tanh(xi.clone()).into_primitive().tensor();
+        let node = x.into_primitive().tensor().node;
+        let out = match Gelu.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(xi.into_primitive().tensor(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {

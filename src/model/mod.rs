@@ -15,6 +15,7 @@
 //!   run's trained weights loaded
 //! - [`tokenizer`], `tokenizer.json` with the LM's special ids
 //! - [`probe`], the library side of `harness probe`
+//! - [`kernels`], fused CPU kernels (softmax with its statistics, GELU)
 //! - [`nf4`], NF4 quantization (bitsandbytes numerics); [`lora`], LoRA / QLoRA linears
 //! - [`synth_backbone`], real-size random checkpoints in the hub's exact layout
 //!
@@ -42,6 +43,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod jpeg;
+pub mod kernels;
 pub mod lora;
 pub mod nf4;
 pub mod peft;
@@ -145,11 +147,30 @@ impl Activation {
 /// scalar libm calls on the CPU backend, and autodiff records eight ops; here five
 /// elementwise ops and one fused sigmoid (forward and backward).
 pub(crate) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    // 2 sqrt(2/pi) and 2 sqrt(2/pi) 0.044715.
-    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
-    const B3: f64 = A * 0.044715;
-    let inner = x.clone() * (x.clone() * x.clone() * B3 + A);
+    let (a, b3) = GELU_TANH;
+    let inner = x.clone() * (x.clone() * x.clone() * b3 + a);
     x * activation::sigmoid(inner)
+}
+
+/// `gelu_new`'s `(A, B)` in `x * sigmoid(A x + B x^3)`: `2 sqrt(2/pi)` and
+/// `2 sqrt(2/pi) 0.044715`.
+pub(crate) const GELU_TANH: (f64, f64) = {
+    const A: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    (A, A * 0.044715)
+};
+
+impl Activation {
+    /// [`Self::forward`] through the backend's own GELU op where it has one (the LM's MLP:
+    /// one fused op on the CPU, and under autodiff one op that keeps only its input).
+    pub fn forward_lm<B: lora::QLoraBackend, const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        match self {
+            Self::GeluTanh => lora::gelu_lm(x),
+            _ => self.forward(x),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -192,5 +213,29 @@ mod tests {
         close(w.grad(&g1).unwrap(), w.grad(&g2).unwrap(), "dw");
         let row = |t: Tensor<Compute, 1>| t.reshape([1, 5]);
         close(row(b.grad(&g1).unwrap()), row(b.grad(&g2).unwrap()), "db");
+    }
+
+    #[test]
+    fn the_lms_gelu_op_equals_the_composed_one_and_its_gradient() {
+        use crate::backend::Train;
+        let dev = Default::default();
+        let x = Tensor::<Train, 3>::random([3, 5, 4_000], Distribution::Normal(0.0, 3.0), &dev);
+        let w = Tensor::<Train, 3>::random([3, 5, 4_000], Distribution::Default, &dev);
+        let run = |fused: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = if fused {
+                Activation::GeluTanh.forward_lm(x.clone())
+            } else {
+                gelu_tanh(x.clone())
+            };
+            let g = (y.clone() * w.clone()).sum().backward();
+            (y.inner(), x.grad(&g).unwrap())
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        let diff = |a: Tensor<Compute, 3>, b: Tensor<Compute, 3>| -> f32 {
+            (a - b).abs().max().into_scalar()
+        };
+        assert!(diff(y1, y2) < 2e-6, "forward");
+        assert!(diff(g1, g2) < 2e-6, "gradient");
     }
 }

@@ -469,7 +469,7 @@ impl<B: QLoraBackend> PhiLayer<B> {
         let a = self
             .resid_dropout
             .forward(self.attn(h.clone(), rope, bias, cache));
-        let m = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
+        let m = self.fc2.forward(self.act.forward_lm(self.fc1.forward(h)));
         a + self.resid_dropout.forward(m) + x
     }
 
@@ -674,6 +674,17 @@ impl<B: QLoraBackend> Phi<B> {
         &self,
         embeds: Tensor<B, 3>,
         mask: Option<Tensor<B, 2, Bool>>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        self.head(self.hidden_embeds(embeds, mask, cache))
+    }
+
+    /// [`Self::forward_embeds`] up to the last layer's output `[batch, tokens, d]`, before
+    /// [`Self::head`]: training applies the head only where there is a target.
+    pub fn hidden_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        mask: Option<Tensor<B, 2, Bool>>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -683,7 +694,7 @@ impl<B: QLoraBackend> Phi<B> {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &ctx, slot);
         }
-        self.head(x)
+        x
     }
 
     /// What every layer of one forward pass shares: the rotary tables for positions

@@ -223,8 +223,28 @@ pub fn llava_logits<B: QLoraBackend>(
     image_features: Tensor<B, 3>,
     image_start: &[Option<usize>],
 ) -> Tensor<B, 3> {
+    let h = llava_hidden(
+        lm,
+        projector,
+        input_ids,
+        attention_mask,
+        image_features,
+        image_start,
+    );
+    lm.head(h)
+}
+
+/// [`llava_logits`] before the LM's head: the last layer's output `[b, L, d]`.
+pub fn llava_hidden<B: QLoraBackend>(
+    lm: &Phi<B>,
+    projector: &super::projector::Projector<B>,
+    input_ids: Tensor<B, 2, Int>,
+    attention_mask: Tensor<B, 2, Int>,
+    image_features: Tensor<B, 3>,
+    image_start: &[Option<usize>],
+) -> Tensor<B, 3> {
     let embeds = llava_embeds(lm, projector, input_ids, image_features, image_start);
-    lm.forward_embeds(embeds, Some(mask_from_int(attention_mask)), None)
+    lm.hidden_embeds(embeds, Some(mask_from_int(attention_mask)), None)
 }
 
 /// The LM's input embeddings of a batch: token embeddings with the projected image features

@@ -38,6 +38,68 @@ pub fn summed_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     (picked * keep.float()).sum().neg()
 }
 
+/// Where a batch's loss is: for each target, the flattened index `row * L + t` of the
+/// position `t` that predicts it (label at `t + 1`), and the label. Read from the labels on
+/// the host, in row-major order.
+pub struct Targets {
+    pub positions: Vec<i64>,
+    pub ids: Vec<i64>,
+}
+
+impl Targets {
+    pub fn of<B: Backend>(labels: &Tensor<B, 2, Int>) -> Self {
+        let [b, l] = labels.dims();
+        let host = labels
+            .to_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("integer labels");
+        let (mut positions, mut ids) = (Vec::new(), Vec::new());
+        for r in 0..b {
+            for t in 0..l.saturating_sub(1) {
+                let y = host[r * l + t + 1];
+                if y != IGNORE {
+                    positions.push((r * l + t) as i64);
+                    ids.push(y);
+                }
+            }
+        }
+        Targets { positions, ids }
+    }
+}
+
+/// [`summed_lm_loss`] from the last layer's output `hidden` `[b, L, d]`, with `head` (final
+/// norm, `lm_head`) applied only at the positions that predict a target: the same loss
+/// and gradients without the logits of image, prompt and padding positions, which the
+/// loss ignores (at stage 1 about half the head's work and of the `[b, L, vocab]` logits'
+/// memory; HF computes them all).
+pub fn summed_target_loss<B: Backend>(
+    hidden: Tensor<B, 3>,
+    head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+) -> Tensor<B, 1> {
+    let [b, l, d] = hidden.dims();
+    let t = Targets::of(&labels);
+    let n = t.ids.len();
+    if n == 0 {
+        // Nothing to learn from: a zero that still depends on every input (zero gradients).
+        return hidden.sum() * 0.0;
+    }
+    let device = hidden.device();
+    let int = |v: Vec<i64>, shape: [usize; 1]| {
+        Tensor::<B, 1, Int>::from_data(TensorData::new(v, shape), &device)
+    };
+    let picked = hidden
+        .reshape([b * l, d])
+        .select(0, int(t.positions, [n]))
+        .reshape([1, n, d]);
+    let logits = head(picked);
+    let v = logits.dims()[2];
+    // In f32 whatever the compute dtype, as HF upcasts logits before the loss.
+    let logp = log_softmax(logits.cast(burn::tensor::DType::F32).reshape([n, v]), 1);
+    logp.gather(1, int(t.ids, [n]).reshape([n, 1])).sum().neg()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +120,46 @@ mod tests {
         // Position 1 predicts label 1: logits [2, 0] -> -log softmax[1].
         let expect = -(0f64 - (2f64.exp() + 1.0).ln());
         assert!((loss.into_scalar().elem::<f64>() - expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_loss_at_target_positions_equals_the_loss_over_all_logits_and_its_gradient() {
+        use crate::backend::Train;
+        use burn::tensor::Distribution;
+        let dev = Default::default();
+        let (b, l, d, v) = (3, 6, 4, 7);
+        let hidden = Tensor::<Train, 3>::random([b, l, d], Distribution::Default, &dev);
+        let w = Tensor::<Train, 2>::random([d, v], Distribution::Default, &dev).detach();
+        let head = |x: Tensor<Train, 3>| crate::model::linear_flat(x, w.clone(), None);
+        // Row 0: targets at 2..6; row 1: none; row 2: only its last label.
+        let mut labels = vec![IGNORE; b * l];
+        for (t, y) in labels.iter_mut().enumerate().take(l).skip(2) {
+            *y = (t % v) as i64;
+        }
+        labels[2 * l + l - 1] = 3;
+        let labels = Tensor::<Train, 2, Int>::from_data(TensorData::new(labels, [b, l]), &dev);
+        let run = |at_targets: bool| {
+            let h = hidden.clone().detach().require_grad();
+            let loss = if at_targets {
+                summed_target_loss(h.clone(), head, labels.clone())
+            } else {
+                summed_lm_loss(head(h.clone()), labels.clone())
+            };
+            let g = loss.backward();
+            (loss.into_scalar(), h.grad(&g).unwrap())
+        };
+        let ((l1, g1), (l2, g2)) = (run(true), run(false));
+        assert!((l1 - l2).abs() <= 1e-6 * l2.abs(), "{l1} vs {l2}");
+        let diff: f32 = (g1 - g2).abs().max().into_scalar();
+        assert!(diff < 1e-6, "gradient {diff}");
+        // No target at all: zero, and zero gradients.
+        let none =
+            Tensor::<Train, 2, Int>::from_data(TensorData::new(vec![IGNORE; b * l], [b, l]), &dev);
+        let h = hidden.clone().detach().require_grad();
+        let loss = summed_target_loss(h.clone(), head, none);
+        let g = loss.clone().backward();
+        assert_eq!(loss.into_scalar(), 0.0);
+        let g: f32 = h.grad(&g).unwrap().abs().max().into_scalar();
+        assert_eq!(g, 0.0);
     }
 }

@@ -78,6 +78,25 @@ pub fn forward<B: QLoraBackend>(
     )
 }
 
+/// The batch's cross-entropy summed over its target tokens ([`loss::summed_target_loss`]:
+/// the LM's head only where a target is), the same value as [`loss::summed_lm_loss`] of
+/// [`forward`]'s logits.
+pub fn summed_loss<B: QLoraBackend>(
+    projector: &Projector<B>,
+    lm: &Phi<B>,
+    batch: &LlavaBatch<B>,
+) -> Tensor<B, 1> {
+    let hidden = crate::model::vlm::llava_hidden(
+        lm,
+        projector,
+        batch.input_ids.clone(),
+        batch.attention_mask.clone(),
+        batch.image_features.clone(),
+        &batch.image_start,
+    );
+    loss::summed_target_loss(hidden, |x| lm.head(x), batch.labels.clone())
+}
+
 /// Optimizer steps in a stage: `max_steps`, else `epochs` passes of `grad_accum` micro-batches.
 pub fn total_steps(opt: &StageConfig, micro_per_epoch: usize) -> u64 {
     if opt.max_steps > 0 {
@@ -112,9 +131,8 @@ fn validate<B: QLoraBackend>(
         let b = data
             .batcher
             .batch::<B>(cached_items(&data.val, chunk, &data.cache), device);
-        let (loss, n) = loss::masked_lm_loss(forward(projector, lm, &b), b.labels.clone());
-        sum += loss.into_scalar().elem::<f64>() * n as f64;
-        count += n;
+        sum += summed_loss(projector, lm, &b).into_scalar().elem::<f64>();
+        count += b.target_tokens;
     }
     (count > 0).then(|| sum / count as f64)
 }

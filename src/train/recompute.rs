@@ -30,7 +30,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-use super::loss::summed_lm_loss;
+use super::loss::summed_target_loss;
 
 /// Where random draws are serialized. burn's backends draw from one process-wide generator,
 /// so workers of a data-parallel step that seed and then draw must not interleave: with a
@@ -114,7 +114,7 @@ pub fn micro_step(
         .pop()
         .expect("the embeddings at least")
         .require_grad();
-    let loss = summed_lm_loss(lm.head(last.clone()), batch.labels.clone());
+    let loss = summed_target_loss(last.clone(), |x| lm.head(x), batch.labels.clone());
     let loss_sum = loss.clone().detach().inner();
     let g = (loss / norm).backward();
     let mut dx = last.grad(&g).expect("the head depends on its input");
@@ -163,7 +163,7 @@ pub fn micro_step_plain(
     let loss = {
         let _held = draws.hold();
         <Train as Backend>::seed(&batch.input_ids.device(), seed);
-        summed_lm_loss(super::forward(projector, lm, batch), batch.labels.clone())
+        super::summed_loss(projector, lm, batch)
     };
     let loss_sum = loss.clone().detach().inner();
     let mut g = (loss / norm).backward();

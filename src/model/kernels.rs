@@ -1,0 +1,525 @@
+//! Fused CPU kernels for the LM's element-wise hot spots, on contiguous f32 rows.
+//!
+//! burn's CPU backend runs softmax and GELU as chains of generic ops (five to eight
+//! passes over the tensor, a fresh buffer each) and takes `exp` from libm one element at
+//! a time (10% of a small stage-1 step in `perf`). These do each in one or two passes with
+//! an `exp` the compiler vectorizes. They serve [`super::lora::QLoraBackend`]'s CPU
+//! implementation; every other backend keeps the generic ops (parity tests in `lora.rs`).
+//!
+//! Rows are split across rayon's pool (the one burn's CPU backend uses) in chunks.
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorPrimitive};
+use rayon::prelude::*;
+
+use super::attention::{softmax_grad_ops, softmax_probs_ops, softmax_stats_ops};
+use super::lora::{gelu_tanh_grad_ops, QLoraBackend};
+
+/// `exp` for f32, branch-free so loops over slices vectorize: Cody-Waite range reduction
+/// by ln 2 and Cephes' degree-6 polynomial (within 2 ulp of libm's `expf` on the range
+/// tested below). Exactly 0 below -87.3 (where `expf` goes subnormal) and +inf above
+/// 88.37 (just short of f32's largest, so the scale `2^n` stays finite).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so `n * C1` is exact.
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to the nearest integer, which then sits in the low
+    // mantissa bits: no `floor` call (not an SSE2 instruction) and no float-to-int cast.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.3, 88.37);
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let k = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits(((k + 127) as u32) << 23);
+    let out = y * scale;
+    if x < -87.3 {
+        0.0
+    } else if x > 88.37 {
+        f32::INFINITY
+    } else {
+        out
+    }
+}
+
+/// Defines each kernel twice, as written and compiled for AVX2 + FMA (8 lanes instead of
+/// SSE2's 4), and calls the second where the CPU has those features. Without `mul_add`
+/// the compiler fuses no multiply-add, so both give the same bits.
+macro_rules! kernels {
+    ($($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block)*) => {$(
+        $(#[$m])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    imp($($arg),*)
+                }
+                if has_avx2() {
+                    // SAFETY: the CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    )*};
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
+kernels! {
+    /// Rows of `p` set to the softmax of `raw * scale + bias`, `st` to each row's
+    /// (max, log of the sum of `exp(s - max)`).
+    fn stats_rows(
+        raw: &[f32],
+        bias: Option<&[f32]>,
+        scale: f32,
+        row_len: usize,
+        p: &mut [f32],
+        st: &mut [f32],
+    ) {
+        for (r, (prow, st)) in p.chunks_mut(row_len).zip(st.chunks_mut(2)).enumerate() {
+            let span = r * row_len..(r + 1) * row_len;
+            let x = &raw[span.clone()];
+            match bias {
+                Some(b) => {
+                    for ((o, &a), &b) in prow.iter_mut().zip(x).zip(&b[span]) {
+                        *o = a * scale + b;
+                    }
+                }
+                None => {
+                    for (o, &a) in prow.iter_mut().zip(x) {
+                        *o = a * scale;
+                    }
+                }
+            }
+            let max = lanes(prow, f32::NEG_INFINITY, f32::max);
+            for o in prow.iter_mut() {
+                *o = exp(*o - max);
+            }
+            let sum = lanes(prow, 0.0, |a, b| a + b);
+            let inv = 1.0 / sum;
+            for o in prow.iter_mut() {
+                *o *= inv;
+            }
+            st[0] = max;
+            st[1] = sum.ln();
+        }
+    }
+
+    /// Rows of `p` set to `exp(raw * scale + bias - max - lse)`.
+    fn probs_rows(
+        raw: &[f32],
+        bias: Option<&[f32]>,
+        scale: f32,
+        max: &[f32],
+        lse: &[f32],
+        row_len: usize,
+        p: &mut [f32],
+    ) {
+        for (r, prow) in p.chunks_mut(row_len).enumerate() {
+            let span = r * row_len..(r + 1) * row_len;
+            let (m, l) = (max[r], lse[r]);
+            let x = &raw[span.clone()];
+            match bias {
+                Some(b) => {
+                    for ((o, &a), &b) in prow.iter_mut().zip(x).zip(&b[span]) {
+                        *o = exp(a * scale + b - m - l);
+                    }
+                }
+                None => {
+                    for (o, &a) in prow.iter_mut().zip(x) {
+                        *o = exp(a * scale - m - l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows of `ds` set to `scale * p (dp - sum(p dp))`.
+    fn grad_rows(p: &[f32], dp: &[f32], scale: f32, row_len: usize, ds: &mut [f32]) {
+        for (r, out) in ds.chunks_mut(row_len).enumerate() {
+            let span = r * row_len..(r + 1) * row_len;
+            let (p, dp) = (&p[span.clone()], &dp[span]);
+            let dot = dot(p, dp);
+            for ((o, &a), &b) in out.iter_mut().zip(p).zip(dp) {
+                *o = a * (b - dot) * scale;
+            }
+        }
+    }
+
+    fn gelu_chunk(x: &[f32], y: &mut [f32]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * gelu_sig(v);
+        }
+    }
+
+    fn gelu_grad_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let s = gelu_sig(v);
+            let du = GELU_A + 3.0 * GELU_B * v * v;
+            *o = g * (s + v * s * (1.0 - s) * du);
+        }
+    }
+}
+
+/// A reduction of `x` by `f` in eight interleaved lanes, which the compiler keeps in one
+/// vector register (a plain fold is one dependent chain: floats do not reassociate).
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    let mut out = acc.into_iter().reduce(&f).expect("eight lanes");
+    for &v in rest {
+        out = f(out, v);
+    }
+    out
+}
+
+/// `sum(a * b)` in eight interleaved lanes, as [`lanes`].
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut out: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        out += x * y;
+    }
+    out
+}
+
+/// Rows per rayon task: enough work to amortize the task, small enough to balance.
+fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
+/// Elements of `x` (a whole number of rows of `row_len`) of task `c`.
+fn task<T>(x: &[T], c: usize, per: usize, row_len: usize) -> &[T] {
+    let start = c * per * row_len;
+    &x[start..(start + per * row_len).min(x.len())]
+}
+
+/// The scores `s = raw * scale + bias` of each row of `raw` (`bias` the same shape, or
+/// none): their softmax `p` (same shape), and per row the max and the log of the sum of
+/// `exp(s - max)`, from which [`softmax_probs`] rebuilds `p`.
+pub fn softmax_stats(
+    raw: &[f32],
+    bias: Option<&[f32]>,
+    scale: f32,
+    row_len: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = raw.len() / row_len;
+    let mut p = vec![0f32; raw.len()];
+    let mut stats = vec![0f32; 2 * rows];
+    let per = rows_per_task(row_len);
+    p.par_chunks_mut(per * row_len)
+        .zip(stats.par_chunks_mut(2 * per))
+        .enumerate()
+        .for_each(|(c, (pc, sc))| {
+            let raw = task(raw, c, per, row_len);
+            let bias = bias.map(|b| task(b, c, per, row_len));
+            stats_rows(raw, bias, scale, row_len, pc, sc)
+        });
+    let (max, lse) = stats.chunks(2).map(|s| (s[0], s[1])).unzip();
+    (p, max, lse)
+}
+
+/// `p = exp(raw * scale + bias - max - lse)` per row: the probabilities again from the
+/// statistics [`softmax_stats`] returned.
+pub fn softmax_probs(
+    raw: &[f32],
+    bias: Option<&[f32]>,
+    scale: f32,
+    max: &[f32],
+    lse: &[f32],
+    row_len: usize,
+) -> Vec<f32> {
+    let mut p = vec![0f32; raw.len()];
+    let per = rows_per_task(row_len);
+    p.par_chunks_mut(per * row_len)
+        .enumerate()
+        .for_each(|(c, pc)| {
+            let (raw, bias) = (
+                task(raw, c, per, row_len),
+                bias.map(|b| task(b, c, per, row_len)),
+            );
+            let (m, l) = (task(max, c, per, 1), task(lse, c, per, 1));
+            probs_rows(raw, bias, scale, m, l, row_len, pc)
+        });
+    p
+}
+
+/// The softmax backward per row, times the scores' scale: `scale * p (dp - sum(p dp))`.
+pub fn softmax_grad(p: &[f32], dp: &[f32], scale: f32, row_len: usize) -> Vec<f32> {
+    let mut ds = vec![0f32; p.len()];
+    let per = rows_per_task(row_len);
+    ds.par_chunks_mut(per * row_len)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let (p, dp) = (task(p, c, per, row_len), task(dp, c, per, row_len));
+            grad_rows(p, dp, scale, row_len, out)
+        });
+    ds
+}
+
+/// `gelu_new(x) = x * sigmoid(A x + B x^3)` ([`super::GELU_TANH`]); its derivative shares
+/// the sigmoid.
+const GELU_A: f32 = super::GELU_TANH.0 as f32;
+const GELU_B: f32 = super::GELU_TANH.1 as f32;
+
+#[inline(always)]
+fn gelu_sig(x: f32) -> f32 {
+    let u = x * (x * x * GELU_B + GELU_A);
+    1.0 / (1.0 + exp(-u))
+}
+
+/// Elements per rayon task of the element-wise kernels.
+const CHUNK: usize = 16_384;
+
+/// `gelu_new(x)` element-wise.
+pub fn gelu_tanh(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| gelu_chunk(task(x, c, CHUNK, 1), out));
+    y
+}
+
+/// `dy * gelu_new'(x)` element-wise: `s + x s (1 - s) (A + 3 B x^2)`.
+pub fn gelu_tanh_grad(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| gelu_grad_chunk(task(x, c, CHUNK, 1), task(dy, c, CHUNK, 1), out));
+    dx
+}
+
+/// The CPU build: softmax and GELU through the kernels above on f32 (other dtypes keep
+/// burn's ops).
+#[cfg(not(feature = "cuda"))]
+impl QLoraBackend for burn::backend::Flex {
+    fn softmax_stats(
+        raw: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+    ) -> [Tensor<Self, 4>; 3] {
+        let dims = raw.dims();
+        let (Some(r), true) = (f32s(&raw), fits(&bias, dims)) else {
+            return softmax_stats_ops(raw, bias, scale);
+        };
+        let b = bias.as_ref().and_then(f32s);
+        let (p, max, lse) = softmax_stats(&r, b.as_deref(), scale as f32, dims[3]);
+        let dev = raw.device();
+        let stat = |v| tensor([dims[0], dims[1], dims[2], 1], v, &dev);
+        [tensor(dims, p, &dev), stat(max), stat(lse)]
+    }
+
+    fn softmax_probs(
+        raw: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+        [max, lse]: [Tensor<Self, 4>; 2],
+    ) -> Tensor<Self, 4> {
+        let dims = raw.dims();
+        let (Some(r), Some(m), Some(l), true) =
+            (f32s(&raw), f32s(&max), f32s(&lse), fits(&bias, dims))
+        else {
+            return softmax_probs_ops(raw, bias, scale, [max, lse]);
+        };
+        let b = bias.as_ref().and_then(f32s);
+        let p = softmax_probs(&r, b.as_deref(), scale as f32, &m, &l, dims[3]);
+        tensor(dims, p, &raw.device())
+    }
+
+    fn softmax_grad(p: Tensor<Self, 4>, dp: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        let dims = p.dims();
+        match (f32s(&p), f32s(&dp)) {
+            (Some(a), Some(b)) if dp.dims() == dims => tensor(
+                dims,
+                softmax_grad(&a, &b, scale as f32, dims[3]),
+                &p.device(),
+            ),
+            _ => softmax_grad_ops(p, dp, scale),
+        }
+    }
+
+    fn gelu_tanh(x: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        match f32s(&x) {
+            Some(v) => tensor(x.dims(), gelu_tanh(&v), &x.device()),
+            None => super::gelu_tanh(x),
+        }
+    }
+
+    fn gelu_tanh_grad(x: Tensor<Self, 1>, dy: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        match (f32s(&x), f32s(&dy)) {
+            (Some(a), Some(b)) => tensor(x.dims(), gelu_tanh_grad(&a, &b), &x.device()),
+            _ => gelu_tanh_grad_ops(x, dy),
+        }
+    }
+}
+
+/// Whether a bias, if any, has the scores' full shape (the kernels read it row by row).
+#[cfg(not(feature = "cuda"))]
+fn fits(bias: &Option<Tensor<burn::backend::Flex, 4>>, dims: [usize; 4]) -> bool {
+    bias.as_ref()
+        .is_none_or(|b| b.dims() == dims && b.dtype() == DType::F32)
+}
+
+/// A contiguous f32 view of a CPU tensor (copied only when it is a strided view), or
+/// `None` for another dtype.
+#[cfg(not(feature = "cuda"))]
+fn f32s<const D: usize>(t: &Tensor<burn::backend::Flex, D>) -> Option<F32s> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let TensorPrimitive::Float(p) = t.clone().into_primitive() else {
+        return None;
+    };
+    Some(F32s(p.to_contiguous()))
+}
+
+/// A contiguous f32 CPU tensor, read as a slice.
+#[cfg(not(feature = "cuda"))]
+struct F32s(burn_flex::FlexTensor);
+
+#[cfg(not(feature = "cuda"))]
+impl std::ops::Deref for F32s {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.0.as_slice::<f32>().expect("contiguous f32")
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn tensor<const D: usize>(
+    dims: [usize; D],
+    v: Vec<f32>,
+    device: &burn::backend::flex::FlexDevice,
+) -> Tensor<burn::backend::Flex, D> {
+    Tensor::from_data(TensorData::new(v, dims), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_and_saturates() {
+        let mut worst = 0u32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp(x), x.exp());
+            worst = worst.max(a.to_bits().abs_diff(b.to_bits()));
+            x += 0.001_37;
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(-1e30), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn softmax_kernels_match_the_formulas() {
+        let row = 37;
+        let raw: Vec<f32> = (0..row * 5)
+            .map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0)
+            .collect();
+        // Row 2 fully masked, elsewhere every third key.
+        let bias: Vec<f32> = (0..raw.len())
+            .map(|i| {
+                if i / row == 2 || i % 3 == 0 {
+                    -1e30
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let scale = 0.3;
+        let (p, max, lse) = softmax_stats(&raw, Some(&bias), scale, row);
+        for r in 0..5 {
+            let s: Vec<f64> = (0..row)
+                .map(|j| (raw[r * row + j] * scale + bias[r * row + j]) as f64)
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+            for j in 0..row {
+                let want = (s[j] - m).exp() / z;
+                assert!((p[r * row + j] as f64 - want).abs() < 1e-6, "p[{r},{j}]");
+            }
+        }
+        let again = softmax_probs(&raw, Some(&bias), scale, &max, &lse, row);
+        for (a, b) in again.iter().zip(&p) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let dp: Vec<f32> = (0..raw.len())
+            .map(|i| ((i * 31) % 11) as f32 - 5.0)
+            .collect();
+        let ds = softmax_grad(&p, &dp, scale, row);
+        for r in 0..5 {
+            let span = r * row..(r + 1) * row;
+            let dot: f64 = span.clone().map(|i| p[i] as f64 * dp[i] as f64).sum();
+            for i in span {
+                let want = p[i] as f64 * (dp[i] as f64 - dot) * scale as f64;
+                assert!((ds[i] as f64 - want).abs() < 1e-5, "ds[{i}]");
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_kernels_match_the_tanh_formula_and_its_derivative() {
+        let x: Vec<f32> = (0..40_000)
+            .map(|i| (i as f32 - 20_000.0) / 2_000.0)
+            .collect();
+        let f = |v: f64| {
+            0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+        };
+        let y = gelu_tanh(&x);
+        let dy = vec![1.0f32; x.len()];
+        let dx = gelu_tanh_grad(&x, &dy);
+        for (i, &v) in x.iter().enumerate() {
+            let v64 = v as f64;
+            assert!(
+                (y[i] as f64 - f(v64)).abs() < 2e-6 * (1.0 + v64.abs()),
+                "y({v})"
+            );
+            let h = 1e-4;
+            let num = (f(v64 + h) - f(v64 - h)) / (2.0 * h);
+            assert!(
+                (dx[i] as f64 - num).abs() < 1e-5,
+                "dx({v}): {} vs {num}",
+                dx[i]
+            );
+        }
+    }
+}
