@@ -8,6 +8,9 @@
 //! layer. [`lean_attention`] is one autodiff op instead: the forward keeps `q`, `k`, `v` and
 //! each row's log-sum-exp, and the backward recomputes the probabilities from them, as
 //! FlashAttention's backward does (with whole matrices, one layer at a time, not tiles).
+//! Its softmax steps go through [`QLoraBackend`] (`softmax_stats`, `softmax_probs`,
+//! `softmax_grad`): burn's ops by default, one fused pass each on the CPU
+//! ([`super::kernels`]).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

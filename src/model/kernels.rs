@@ -4,16 +4,13 @@
 //! passes over the tensor, a fresh buffer each) and takes `exp` from libm one element at
 //! a time (10% of a small stage-1 step in `perf`). These do each in one or two passes with
 //! an `exp` the compiler vectorizes. They serve [`super::lora::QLoraBackend`]'s CPU
-//! implementation; every other backend keeps the generic ops (parity tests in `lora.rs`).
+//! implementation; every other backend keeps the generic ops. Parity: the kernels against
+//! their formulas in f64 (below), `lean_attention` against burn's composed attention and
+//! its gradients (`attention.rs`), the LM's GELU op against the composed one (`mod.rs`).
 //!
 //! Rows are split across rayon's pool (the one burn's CPU backend uses) in chunks.
 
-use burn::prelude::*;
-use burn::tensor::{DType, TensorPrimitive};
 use rayon::prelude::*;
-
-use super::attention::{softmax_grad_ops, softmax_probs_ops, softmax_stats_ops};
-use super::lora::{gelu_tanh_grad_ops, QLoraBackend};
 
 /// `exp` for f32, branch-free so loops over slices vectorize: Cody-Waite range reduction
 /// by ln 2 and Cephes' degree-6 polynomial (within 2 ulp of libm's `expf` on the range
@@ -323,109 +320,116 @@ pub fn gelu_tanh_grad(x: &[f32], dy: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// The CPU build: softmax and GELU through the kernels above on f32 (other dtypes keep
-/// burn's ops).
+/// The CPU build's [`QLoraBackend`] implementation on burn's `Flex` backend.
 #[cfg(not(feature = "cuda"))]
-impl QLoraBackend for burn::backend::Flex {
-    fn softmax_stats(
-        raw: Tensor<Self, 4>,
-        bias: Option<Tensor<Self, 4>>,
-        scale: f64,
-    ) -> [Tensor<Self, 4>; 3] {
-        let dims = raw.dims();
-        let (Some(r), true) = (f32s(&raw), fits(&bias, dims)) else {
-            return softmax_stats_ops(raw, bias, scale);
+mod flex {
+    use burn::backend::flex::FlexDevice;
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    use burn::tensor::{DType, TensorPrimitive};
+
+    use super::super::attention::{softmax_grad_ops, softmax_probs_ops, softmax_stats_ops};
+    use super::super::lora::{gelu_tanh_grad_ops, QLoraBackend};
+    use super::*;
+
+    /// The CPU build: softmax and GELU through the kernels above on f32 (other dtypes keep
+    /// burn's ops).
+    impl QLoraBackend for Flex {
+        fn softmax_stats(
+            raw: Tensor<Self, 4>,
+            bias: Option<Tensor<Self, 4>>,
+            scale: f64,
+        ) -> [Tensor<Self, 4>; 3] {
+            let dims = raw.dims();
+            let (Some(r), true) = (f32s(&raw), fits(&bias, dims)) else {
+                return softmax_stats_ops(raw, bias, scale);
+            };
+            let b = bias.as_ref().and_then(f32s);
+            let (p, max, lse) = softmax_stats(&r, b.as_deref(), scale as f32, dims[3]);
+            let dev = raw.device();
+            let stat = |v| tensor([dims[0], dims[1], dims[2], 1], v, &dev);
+            [tensor(dims, p, &dev), stat(max), stat(lse)]
+        }
+
+        fn softmax_probs(
+            raw: Tensor<Self, 4>,
+            bias: Option<Tensor<Self, 4>>,
+            scale: f64,
+            [max, lse]: [Tensor<Self, 4>; 2],
+        ) -> Tensor<Self, 4> {
+            let dims = raw.dims();
+            let (Some(r), Some(m), Some(l), true) =
+                (f32s(&raw), f32s(&max), f32s(&lse), fits(&bias, dims))
+            else {
+                return softmax_probs_ops(raw, bias, scale, [max, lse]);
+            };
+            let b = bias.as_ref().and_then(f32s);
+            let p = softmax_probs(&r, b.as_deref(), scale as f32, &m, &l, dims[3]);
+            tensor(dims, p, &raw.device())
+        }
+
+        fn softmax_grad(p: Tensor<Self, 4>, dp: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+            let dims = p.dims();
+            match (f32s(&p), f32s(&dp)) {
+                (Some(a), Some(b)) if dp.dims() == dims => tensor(
+                    dims,
+                    softmax_grad(&a, &b, scale as f32, dims[3]),
+                    &p.device(),
+                ),
+                _ => softmax_grad_ops(p, dp, scale),
+            }
+        }
+
+        fn gelu_tanh(x: Tensor<Self, 1>) -> Tensor<Self, 1> {
+            match f32s(&x) {
+                Some(v) => tensor(x.dims(), gelu_tanh(&v), &x.device()),
+                None => super::super::gelu_tanh(x),
+            }
+        }
+
+        fn gelu_tanh_grad(x: Tensor<Self, 1>, dy: Tensor<Self, 1>) -> Tensor<Self, 1> {
+            match (f32s(&x), f32s(&dy)) {
+                (Some(a), Some(b)) => tensor(x.dims(), gelu_tanh_grad(&a, &b), &x.device()),
+                _ => gelu_tanh_grad_ops(x, dy),
+            }
+        }
+    }
+
+    /// Whether a bias, if any, has the scores' full shape (the kernels read it row by row).
+    fn fits(bias: &Option<Tensor<Flex, 4>>, dims: [usize; 4]) -> bool {
+        bias.as_ref()
+            .is_none_or(|b| b.dims() == dims && b.dtype() == DType::F32)
+    }
+
+    /// A contiguous f32 view of a CPU tensor (copied only when it is a strided view), or
+    /// `None` for another dtype.
+    fn f32s<const D: usize>(t: &Tensor<Flex, D>) -> Option<F32s> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let TensorPrimitive::Float(p) = t.clone().into_primitive() else {
+            return None;
         };
-        let b = bias.as_ref().and_then(f32s);
-        let (p, max, lse) = softmax_stats(&r, b.as_deref(), scale as f32, dims[3]);
-        let dev = raw.device();
-        let stat = |v| tensor([dims[0], dims[1], dims[2], 1], v, &dev);
-        [tensor(dims, p, &dev), stat(max), stat(lse)]
+        Some(F32s(p.to_contiguous()))
     }
 
-    fn softmax_probs(
-        raw: Tensor<Self, 4>,
-        bias: Option<Tensor<Self, 4>>,
-        scale: f64,
-        [max, lse]: [Tensor<Self, 4>; 2],
-    ) -> Tensor<Self, 4> {
-        let dims = raw.dims();
-        let (Some(r), Some(m), Some(l), true) =
-            (f32s(&raw), f32s(&max), f32s(&lse), fits(&bias, dims))
-        else {
-            return softmax_probs_ops(raw, bias, scale, [max, lse]);
-        };
-        let b = bias.as_ref().and_then(f32s);
-        let p = softmax_probs(&r, b.as_deref(), scale as f32, &m, &l, dims[3]);
-        tensor(dims, p, &raw.device())
-    }
+    /// A contiguous f32 CPU tensor, read as a slice.
+    struct F32s(burn_flex::FlexTensor);
 
-    fn softmax_grad(p: Tensor<Self, 4>, dp: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
-        let dims = p.dims();
-        match (f32s(&p), f32s(&dp)) {
-            (Some(a), Some(b)) if dp.dims() == dims => tensor(
-                dims,
-                softmax_grad(&a, &b, scale as f32, dims[3]),
-                &p.device(),
-            ),
-            _ => softmax_grad_ops(p, dp, scale),
+    impl std::ops::Deref for F32s {
+        type Target = [f32];
+        fn deref(&self) -> &[f32] {
+            self.0.as_slice::<f32>().expect("contiguous f32")
         }
     }
 
-    fn gelu_tanh(x: Tensor<Self, 1>) -> Tensor<Self, 1> {
-        match f32s(&x) {
-            Some(v) => tensor(x.dims(), gelu_tanh(&v), &x.device()),
-            None => super::gelu_tanh(x),
-        }
+    fn tensor<const D: usize>(
+        dims: [usize; D],
+        v: Vec<f32>,
+        device: &FlexDevice,
+    ) -> Tensor<Flex, D> {
+        Tensor::from_data(TensorData::new(v, dims), device)
     }
-
-    fn gelu_tanh_grad(x: Tensor<Self, 1>, dy: Tensor<Self, 1>) -> Tensor<Self, 1> {
-        match (f32s(&x), f32s(&dy)) {
-            (Some(a), Some(b)) => tensor(x.dims(), gelu_tanh_grad(&a, &b), &x.device()),
-            _ => gelu_tanh_grad_ops(x, dy),
-        }
-    }
-}
-
-/// Whether a bias, if any, has the scores' full shape (the kernels read it row by row).
-#[cfg(not(feature = "cuda"))]
-fn fits(bias: &Option<Tensor<burn::backend::Flex, 4>>, dims: [usize; 4]) -> bool {
-    bias.as_ref()
-        .is_none_or(|b| b.dims() == dims && b.dtype() == DType::F32)
-}
-
-/// A contiguous f32 view of a CPU tensor (copied only when it is a strided view), or
-/// `None` for another dtype.
-#[cfg(not(feature = "cuda"))]
-fn f32s<const D: usize>(t: &Tensor<burn::backend::Flex, D>) -> Option<F32s> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let TensorPrimitive::Float(p) = t.clone().into_primitive() else {
-        return None;
-    };
-    Some(F32s(p.to_contiguous()))
-}
-
-/// A contiguous f32 CPU tensor, read as a slice.
-#[cfg(not(feature = "cuda"))]
-struct F32s(burn_flex::FlexTensor);
-
-#[cfg(not(feature = "cuda"))]
-impl std::ops::Deref for F32s {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        self.0.as_slice::<f32>().expect("contiguous f32")
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn tensor<const D: usize>(
-    dims: [usize; D],
-    v: Vec<f32>,
-    device: &burn::backend::flex::FlexDevice,
-) -> Tensor<burn::backend::Flex, D> {
-    Tensor::from_data(TensorData::new(v, dims), device)
 }
 
 #[cfg(test)]

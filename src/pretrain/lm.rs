@@ -19,7 +19,7 @@
 //! Tokenizer: byte-level BPE trained on the training captions and conversations,
 //! `<|endoftext|>` special with id 0 (bos = eos = pad). Model: [`PhiConfig::init_hf`].
 //! Loop: AdamW, linear warmup then cosine to 0, global-norm clipping, right padding with
-//! an attention mask, [`masked_lm_loss`]. Evaluation: the first question of every val
+//! an attention mask, [`target_lm_loss`] (the head only at real tokens). Evaluation: the first question of every val
 //! conversation with its image's captions (file order) as `ctx`, greedy, 5 new tokens,
 //! [`qa_exact_match`] per question type.
 //!
@@ -50,7 +50,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::Activation;
 use crate::rng::Rng;
 use crate::train::grads;
-use crate::train::loss::masked_lm_loss;
+use crate::train::loss::target_lm_loss;
 use crate::train::schedule::LrSchedule;
 
 /// The end of every document; a special token with id 0.
@@ -505,8 +505,8 @@ pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
     for step in 0..o.steps {
         let docs = step_docs(o, &template, &train, &tok, step)?;
         let (ids, mask, labels) = batch::<Train>(&docs, o.max_len, &device);
-        let logits = model.forward(ids, Some(mask));
-        let (loss, _) = masked_lm_loss(logits, labels);
+        let hidden = model.hidden_embeds(model.embed(ids), Some(mask), None);
+        let (loss, _) = target_lm_loss(hidden, |x| model.head(x), labels);
         let lv = loss.clone().into_scalar().elem::<f64>();
         anyhow::ensure!(lv.is_finite(), "loss is {lv} at step {step}");
         losses.push(lv);

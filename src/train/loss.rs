@@ -7,8 +7,9 @@ use burn::tensor::activation::log_softmax;
 
 use crate::data::sequence::IGNORE;
 
-/// Mean cross-entropy over target tokens, and their count. `logits` `[b, L, V]`, `labels`
-/// `[b, L]` (unshifted, as in the batch).
+/// Mean cross-entropy over target tokens, and their count, from the logits of every
+/// position (the form HF computes; training takes [`target_lm_loss`] and
+/// [`summed_target_loss`], which apply the head only where a target is).
 pub fn masked_lm_loss<B: Backend>(
     logits: Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
@@ -78,8 +79,27 @@ pub fn summed_target_loss<B: Backend>(
     head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
 ) -> Tensor<B, 1> {
-    let [b, l, d] = hidden.dims();
+    summed_at(hidden, head, Targets::of(&labels))
+}
+
+/// The mean cross-entropy over target tokens, and their count, from the last layer's
+/// output, the head only at the targets (as [`summed_target_loss`]).
+pub fn target_lm_loss<B: Backend>(
+    hidden: Tensor<B, 3>,
+    head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, usize) {
     let t = Targets::of(&labels);
+    let n = t.ids.len();
+    (summed_at(hidden, head, t) / (n.max(1) as f64), n)
+}
+
+fn summed_at<B: Backend>(
+    hidden: Tensor<B, 3>,
+    head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    t: Targets,
+) -> Tensor<B, 1> {
+    let [b, l, d] = hidden.dims();
     let n = t.ids.len();
     if n == 0 {
         // Nothing to learn from: a zero that still depends on every input (zero gradients).
@@ -115,7 +135,8 @@ mod tests {
         );
         let labels =
             Tensor::<B, 2, Int>::from_data(TensorData::new(vec![-100i64, -100, 1], [1, 3]), &dev);
-        let (loss, n) = masked_lm_loss(logits, labels);
+        // The logits themselves are the hidden states, the head the identity.
+        let (loss, n) = target_lm_loss(logits, |x| x, labels);
         assert_eq!(n, 1);
         // Position 1 predicts label 1: logits [2, 0] -> -log softmax[1].
         let expect = -(0f64 - (2f64.exp() + 1.0).ln());
