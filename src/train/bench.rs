@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::optim::{AdamWConfig, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,8 @@ use crate::model::lora::LoraConfig;
 use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
 use crate::model::projector::{Projector, ProjectorConfig};
-use crate::train::grads;
+use crate::train::checkpoint::Trained;
+use crate::train::parallel::{self, Accumulated};
 use crate::train::recompute::{micro_step, micro_step_plain, Draws};
 
 /// The sizes of one benchmark (a TOML file or flags; `scripts/bench_torch.py` reads the same
@@ -161,34 +163,13 @@ fn batch<B: Backend>(c: &BenchConfig, device: &B::Device) -> LlavaBatch<B> {
 pub fn stage1(c: &BenchConfig) -> StageTiming {
     let device = crate::backend::device(0);
     <Train as Backend>::seed(&device, 0);
-    let lm: Phi<Train> = c.phi().init(&device).no_grad();
-    let mut projector: Projector<Train> = ProjectorConfig::new(c.image_dim, c.d_model)
-        .with_depth(c.projector_depth)
-        .init(&device);
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(0.0)
-        .init::<Train, Projector<Train>>();
-    let b = batch::<Train>(c, &device);
-    let model_anon = host_memory().anon as f64;
-    let peak = PeakAnon::start();
-    let mut times = vec![];
-    for i in 0..c.warmup + c.steps {
-        let t = Instant::now();
-        let n = b.target_tokens as f64;
-        let mut g =
-            micro_step_plain(&projector, &lm, &b, n, false, i as u64, Draws::default()).projector;
-        grads::clip_global_norm::<Train, _>(&projector, &mut g, 1.0);
-        projector = optim.step(1e-4, projector, g);
-        // Wait for the device: the step ends when its results exist.
-        let _ = projector.input.weight.val().into_data();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        // Per step on stderr: on a GPU the first steps include kernel compilation.
-        eprintln!("bench stage1 step {}: {ms:.1} ms", i + 1);
-        if i >= c.warmup {
-            times.push(ms);
-        }
-    }
-    timing("stage1", c, times, model_anon, &peak)
+    let t = Trained {
+        lm: c.phi().init(&device).no_grad(),
+        projector: projector(c, &device),
+        optim_projector: AdamWConfig::new().with_weight_decay(0.0).init(),
+        optim_lm: None::<Optim<Phi<Train>>>,
+    };
+    steps("stage1", c, t, (1e-4, 0.0), &device)
 }
 
 /// Times stage-2 steps: LoRA on every Phi linear (NF4 base unless `nf4 = false`), the
@@ -203,43 +184,71 @@ pub fn stage2(c: &BenchConfig) -> StageTiming {
         quant: c.nf4.then(|| Nf4Config::default().with_double_quant(true)),
         ..LoraConfig::default()
     };
-    let mut lm: Phi<Train> = c.phi().init_with(&device, &lora).freeze_base();
-    let mut projector: Projector<Train> = ProjectorConfig::new(c.image_dim, c.d_model)
+    let t = Trained {
+        lm: c.phi().init_with(&device, &lora).freeze_base(),
+        projector: projector(c, &device),
+        optim_projector: AdamWConfig::new().init(),
+        optim_lm: Some(AdamWConfig::new().init()),
+    };
+    steps("stage2", c, t, (2e-5, 2e-4), &device)
+}
+
+type Optim<M> = OptimizerAdaptor<AdamW, M, Train>;
+
+fn projector(c: &BenchConfig, device: &Device<Train>) -> Projector<Train> {
+    ProjectorConfig::new(c.image_dim, c.d_model)
         .with_depth(c.projector_depth)
-        .init(&device);
-    let mut op = AdamWConfig::new().init::<Train, Projector<Train>>();
-    let mut ol = AdamWConfig::new().init::<Train, Phi<Train>>();
-    let b = batch::<Train>(c, &device);
+        .init(device)
+}
+
+/// Times the steps of one stage as the training loop takes them (one micro-batch a step):
+/// the micro-step (per-layer recomputation when `activation_checkpointing`), then
+/// [`parallel::apply`]'s one buffer, one host read, clipping at 1 and both optimizers.
+fn steps(
+    stage: &str,
+    c: &BenchConfig,
+    mut t: Trained<Optim<Projector<Train>>, Optim<Phi<Train>>>,
+    lr: (f64, f64),
+    device: &Device<Train>,
+) -> StageTiming {
+    let b = batch::<Train>(c, device);
+    let train_lm = t.optim_lm.is_some();
     let model_anon = host_memory().anon as f64;
     let peak = PeakAnon::start();
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {
-        let t = Instant::now();
+        let start = Instant::now();
         let n = b.target_tokens as f64;
-        let m = if c.activation_checkpointing {
-            micro_step(&projector, &lm, &b, n, true, i as u64, Draws::default())
+        let micro_step = if c.activation_checkpointing && train_lm {
+            micro_step
         } else {
-            micro_step_plain(&projector, &lm, &b, n, true, i as u64, Draws::default())
+            micro_step_plain
         };
-        let (mut gp, mut gl) = (m.projector, m.lm);
-        let np = grads::global_norm::<Train, _>(&projector, &gp);
-        let nl = grads::global_norm::<Train, _>(&lm, &gl);
-        let norm = (np * np + nl * nl).sqrt();
-        if norm > 1.0 {
-            grads::scale::<Train, _>(&projector, &mut gp, 1.0 / (norm + 1e-6));
-            grads::scale::<Train, _>(&lm, &mut gl, 1.0 / (norm + 1e-6));
-        }
-        projector = op.step(2e-5, projector, gp);
-        lm = ol.step(2e-4, lm, gl);
-        let _ = projector.input.weight.val().into_data();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let m = micro_step(
+            &t.projector,
+            &t.lm,
+            &b,
+            n,
+            train_lm,
+            i as u64,
+            Draws::default(),
+        );
+        let acc = Accumulated {
+            projector: m.projector,
+            lm: m.lm,
+            loss_sum: m.loss_sum,
+        };
+        t = parallel::apply(0, 1, t, acc, n, 1.0, lr).0;
+        // Wait for the device: the step ends when its results exist.
+        let _ = t.projector.input.weight.val().into_data();
+        let ms = start.elapsed().as_secs_f64() * 1e3;
         // Per step on stderr: on a GPU the first steps include kernel compilation.
-        eprintln!("bench stage2 step {}: {ms:.1} ms", i + 1);
+        eprintln!("bench {stage} step {}: {ms:.1} ms", i + 1);
         if i >= c.warmup {
             times.push(ms);
         }
     }
-    timing("stage2", c, times, model_anon, &peak)
+    timing(stage, c, times, model_anon, &peak)
 }
 
 fn timing(

@@ -90,7 +90,7 @@ pub fn local_step<OP, OL>(
     rank: usize,
     job: &Job,
     device: &Device,
-    mut t: Trained<OP, OL>,
+    t: Trained<OP, OL>,
     plan: &StepPlan,
 ) -> (Trained<OP, OL>, StepOut)
 where
@@ -137,17 +137,52 @@ where
         }
     }
 
-    // Everything trained in one buffer, the loss at its end: one all-reduce, one host read.
-    let fp = grads::flatten::<Train, _>(&t.projector, gp);
+    let acc = Accumulated {
+        projector: gp,
+        lm: gl,
+        loss_sum,
+    };
+    let lr = (plan.lr_projector, plan.lr_lm);
+    apply(rank, n, t, acc, norm, opt.clip_grad_norm, lr)
+}
+
+/// A step's gradients, summed over its micro-batches, and its summed loss (on the device).
+pub struct Accumulated {
+    pub projector: GradientsParams,
+    /// Empty when the LM is frozen (stage 1).
+    pub lm: GradientsParams,
+    pub loss_sum: Tensor<Compute, 1>,
+}
+
+/// The end of every optimizer step, with one worker or several (and `harness bench`'s):
+/// everything trained laid in one buffer with the loss at its end, all-reduced across the
+/// `workers`, one host read of [squared norm, loss], one global norm clipped (as torch's
+/// `clip_grad_norm_` over all parameters; `clip <= 0` only measures), both optimizers
+/// stepped at `lr` (projector, LM). `norm` is what the summed loss is divided by.
+pub fn apply<OP, OL>(
+    rank: usize,
+    workers: usize,
+    mut t: Trained<OP, OL>,
+    acc: Accumulated,
+    norm: f64,
+    clip: f64,
+    lr: (f64, f64),
+) -> (Trained<OP, OL>, StepOut)
+where
+    OP: Optimizer<Projector<Train>, Train>,
+    OL: Optimizer<Phi<Train>, Train>,
+{
+    let train_lm = t.optim_lm.is_some();
+    let fp = grads::flatten::<Train, _>(&t.projector, acc.projector);
     let np = fp.dims()[0];
     let mut parts = vec![fp];
     if train_lm {
-        parts.push(grads::flatten::<Train, _>(&t.lm, gl));
+        parts.push(grads::flatten::<Train, _>(&t.lm, acc.lm));
     }
-    parts.push(loss_sum);
+    parts.push(acc.loss_sum);
     let mut buffer = Tensor::cat(parts, 0);
     let mut allreduce_s = 0.0;
-    if n > 1 {
+    if workers > 1 {
         let t0 = Instant::now();
         buffer = all_reduce(rank, buffer);
         allreduce_s = t0.elapsed().as_secs_f64();
@@ -166,17 +201,16 @@ where
     .to_vec::<f64>()
     .expect("two f64");
     let (grad_norm, loss) = (read[0].sqrt(), read[1] / norm);
-    // One global norm over everything trained, as torch's clip_grad_norm_ over all params.
-    let values = if opt.clip_grad_norm > 0.0 && grad_norm > opt.clip_grad_norm {
-        values.mul_scalar(opt.clip_grad_norm / (grad_norm + 1e-6))
+    let values = if clip > 0.0 && grad_norm > clip {
+        values.mul_scalar(clip / (grad_norm + 1e-6))
     } else {
         values
     };
     let gp = grads::unflatten::<Train, _>(&t.projector, values.clone().slice(0..np));
-    t.projector = t.optim_projector.step(plan.lr_projector, t.projector, gp);
+    t.projector = t.optim_projector.step(lr.0, t.projector, gp);
     if let Some(o) = &mut t.optim_lm {
         let gl = grads::unflatten::<Train, _>(&t.lm, values.slice(np..total - 1));
-        t.lm = o.step(plan.lr_lm, t.lm, gl);
+        t.lm = o.step(lr.1, t.lm, gl);
     }
     let out = StepOut {
         loss,
