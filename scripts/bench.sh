@@ -23,13 +23,15 @@ for stage in 1 2; do
         [ "$stage" = 2 ] && nf4=$(RAYON_NUM_THREADS="$threads" "$bin" bench --config "$cfg" --stage 2 --nf4 true --json)
         runs+=("{\"harness\": $ours, \"pytorch\": $theirs, \"harness nf4\": $nf4}")
     done
-    printf '%s\n' "${runs[@]}" | "$py" - "${JSON:-}" <<'PY'
+    tmp=$(mktemp)
+    printf '%s\n' "${runs[@]}" > "$tmp"
+    "$py" - "$tmp" "${JSON:-}" <<'PY'
 import json, statistics, sys, time
-runs = [json.loads(l) for l in sys.stdin if l.strip()]
-if sys.argv[1]:
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+if sys.argv[2]:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     stage = runs[0]["harness"]["timing"]["stage"]
-    with open(f"{sys.argv[1]}/cpu-bench-{stage}-{stamp}.json", "w") as f:
+    with open(f"{sys.argv[2]}/cpu-bench-{stage}-{stamp}.json", "w") as f:
         json.dump(runs, f, indent=1)
 first = runs[0]["harness"]
 print(f"== {first['timing']['stage']}  config: {first['config']}  ({len(runs)} alternating runs)")
@@ -48,4 +50,5 @@ for name in ["harness", "pytorch", "harness nf4"]:
 print(f"step time ratio harness/pytorch: {a/b:.2f}")
 print(f"peak memory ratio harness/pytorch: {ma/mb:.2f}")
 PY
+    rm -f "$tmp"
 done
