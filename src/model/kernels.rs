@@ -93,20 +93,7 @@ kernels! {
         st: &mut [f32],
     ) {
         for (r, (prow, st)) in p.chunks_mut(row_len).zip(st.chunks_mut(2)).enumerate() {
-            let span = r * row_len..(r + 1) * row_len;
-            let x = &raw[span.clone()];
-            match bias {
-                Some(b) => {
-                    for ((o, &a), &b) in prow.iter_mut().zip(x).zip(&b[span]) {
-                        *o = a * scale + b;
-                    }
-                }
-                None => {
-                    for (o, &a) in prow.iter_mut().zip(x) {
-                        *o = a * scale;
-                    }
-                }
-            }
+            scores_row(raw, bias, scale, r, prow, |s| s);
             let max = lanes(prow, f32::NEG_INFINITY, f32::max);
             for o in prow.iter_mut() {
                 *o = exp(*o - max);
@@ -132,21 +119,8 @@ kernels! {
         p: &mut [f32],
     ) {
         for (r, prow) in p.chunks_mut(row_len).enumerate() {
-            let span = r * row_len..(r + 1) * row_len;
             let (m, l) = (max[r], lse[r]);
-            let x = &raw[span.clone()];
-            match bias {
-                Some(b) => {
-                    for ((o, &a), &b) in prow.iter_mut().zip(x).zip(&b[span]) {
-                        *o = exp(a * scale + b - m - l);
-                    }
-                }
-                None => {
-                    for (o, &a) in prow.iter_mut().zip(x) {
-                        *o = exp(a * scale - m - l);
-                    }
-                }
-            }
+            scores_row(raw, bias, scale, r, prow, |s| exp(s - m - l));
         }
     }
 
@@ -173,6 +147,33 @@ kernels! {
             let s = gelu_sig(v);
             let du = GELU_A + 3.0 * GELU_B * v * v;
             *o = g * (s + v * s * (1.0 - s) * du);
+        }
+    }
+}
+
+/// Row `r` of `out` (its width) set to `f(s)` for the scores `s = raw * scale + bias` of
+/// that row (`bias` the same shape as `raw`, or none).
+#[inline(always)]
+fn scores_row(
+    raw: &[f32],
+    bias: Option<&[f32]>,
+    scale: f32,
+    r: usize,
+    out: &mut [f32],
+    f: impl Fn(f32) -> f32,
+) {
+    let span = r * out.len()..(r + 1) * out.len();
+    let x = &raw[span.clone()];
+    match bias {
+        Some(b) => {
+            for ((o, &a), &b) in out.iter_mut().zip(x).zip(&b[span]) {
+                *o = f(a * scale + b);
+            }
+        }
+        None => {
+            for (o, &a) in out.iter_mut().zip(x) {
+                *o = f(a * scale);
+            }
         }
     }
 }

@@ -68,7 +68,16 @@ pub fn forward<B: QLoraBackend>(
     lm: &Phi<B>,
     batch: &LlavaBatch<B>,
 ) -> Tensor<B, 3> {
-    crate::model::vlm::llava_logits(
+    lm.head(hidden(projector, lm, batch))
+}
+
+/// [`forward`] before the LM's head: the last layer's output `[b, L, d]`.
+fn hidden<B: QLoraBackend>(
+    projector: &Projector<B>,
+    lm: &Phi<B>,
+    batch: &LlavaBatch<B>,
+) -> Tensor<B, 3> {
+    crate::model::vlm::llava_hidden(
         lm,
         projector,
         batch.input_ids.clone(),
@@ -86,15 +95,11 @@ pub fn summed_loss<B: QLoraBackend>(
     lm: &Phi<B>,
     batch: &LlavaBatch<B>,
 ) -> Tensor<B, 1> {
-    let hidden = crate::model::vlm::llava_hidden(
-        lm,
-        projector,
-        batch.input_ids.clone(),
-        batch.attention_mask.clone(),
-        batch.image_features.clone(),
-        &batch.image_start,
-    );
-    loss::summed_target_loss(hidden, |x| lm.head(x), batch.labels.clone())
+    loss::summed_target_loss(
+        hidden(projector, lm, batch),
+        |x| lm.head(x),
+        batch.labels.clone(),
+    )
 }
 
 /// Optimizer steps in a stage: `max_steps`, else `epochs` passes of `grad_accum` micro-batches.
