@@ -46,11 +46,13 @@ pub fn recipe(name: &str) -> Result<Recipe> {
         // A Phi that reads a scene description in its context (see `super::lm`). Batch 16:
         // more updates for the same tokens fit a CPU budget better. Length groups of 4: 16%
         // less time per step, and no worse: text-context QA 0.625 and 0.645 (seeds 0, 1)
-        // against 0.66 and 0.54 without (STATUS.md).
+        // against 0.66 and 0.54 without (STATUS.md). Two workers of 8 documents: the two
+        // cores of a laptop busy once the towers are built (item 5 of issue 23).
         "phi-tiny" => Recipe::Lm(LmPretrainOptions {
             batch: 16,
             steps: 1000,
             length_groups: 4,
+            workers: 2,
             ..Default::default()
         }),
         // Smoke-test sizes: build in seconds and learn little (tests, pipeline checks).
@@ -282,6 +284,10 @@ pub struct LmPretrainOptions {
     /// Steps whose documents are drawn together and batched by length (1 = each step draws
     /// its own); see `step_docs`.
     pub length_groups: usize,
+    /// Data-parallel workers (threads, each a replica computing its share of every batch,
+    /// gradients all-reduced). Part of the recipe: the sum over workers rounds differently
+    /// from one worker's, so the count, not the machine's cores, decides the weights.
+    pub workers: usize,
     pub eval_max_new_tokens: usize,
     pub seed: u64,
     /// Show the progress bar (hidden anyway when stderr is not a terminal).
@@ -312,6 +318,7 @@ impl Default for LmPretrainOptions {
             p_ctx_caption: 0.25,
             p_caption: 0.10,
             length_groups: 1,
+            workers: 1,
             eval_max_new_tokens: 5,
             seed: 0,
             progress: true,

@@ -153,6 +153,28 @@ pub struct DataConfig {
     pub max_len: u64,
     /// Conversation template for stage 2: one of [`TEMPLATES`].
     pub template: String,
+    /// Batches pad their sequences up to a multiple of this many tokens, so a run sees a
+    /// handful of shapes (a GPU backend compiles its kernels per shape); 0 = the backend's
+    /// choice ([`DataConfig::pad_multiple`]: 64 on a GPU, 8 on the CPU, where every padded
+    /// token costs time). Padded positions are masked and carry no label: no loss or
+    /// gradient changes, so stage keys leave it out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pad_to_multiple: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl DataConfig {
+    /// The multiple batches pad to: `pad_to_multiple`, or the backend's default.
+    pub fn pad_multiple(&self) -> usize {
+        match self.pad_to_multiple {
+            0 if cfg!(feature = "cuda") => 64,
+            0 => 8,
+            n => n as usize,
+        }
+    }
 }
 
 /// The conversation templates `data.template` can name (their text is
@@ -173,6 +195,7 @@ impl Default for DataConfig {
             val_images: 500,
             max_len: 512,
             template: "phi".into(),
+            pad_to_multiple: 0,
         }
     }
 }
@@ -561,6 +584,15 @@ pub fn validate(exp: &Experiment, text: &str) -> Vec<Problem> {
         bad(
             "data.max_len",
             format!("must be >= 2, got {}", exp.data.max_len),
+        );
+    }
+    if exp.data.pad_to_multiple > exp.data.max_len {
+        bad(
+            "data.pad_to_multiple",
+            format!(
+                "must be <= data.max_len ({}), got {}",
+                exp.data.max_len, exp.data.pad_to_multiple
+            ),
         );
     }
     if !TEMPLATES.contains(&exp.data.template.as_str()) {

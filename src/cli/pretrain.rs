@@ -64,6 +64,10 @@ pub struct LmArgs {
     /// Steps whose documents are drawn together and batched by length (less padding).
     #[arg(long, default_value_t = LmPretrainOptions::default().length_groups)]
     pub length_groups: usize,
+    /// Data-parallel worker threads, each on its share of every batch (the result depends
+    /// on the count, not on the cores).
+    #[arg(long, default_value_t = LmPretrainOptions::default().workers)]
+    pub workers: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -121,6 +125,7 @@ pub fn pretrain(c: PretrainCommand) -> anyhow::Result<()> {
                 lr: a.lr,
                 max_len: a.max_len,
                 length_groups: a.length_groups,
+                workers: a.workers,
                 seed: a.seed,
                 ..Default::default()
             };

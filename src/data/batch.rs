@@ -37,8 +37,52 @@ pub struct LlavaBatch<B: Backend> {
     pub ids: Vec<String>,
     /// Unpadded lengths.
     pub lengths: Vec<usize>,
-    /// Target tokens the loss counts (labels at positions 1.. not ignored), from the host.
-    pub target_tokens: usize,
+    /// Where the loss is, from the host labels: the step reads nothing back to find it.
+    pub targets: Targets,
+}
+
+impl<B: Backend> LlavaBatch<B> {
+    /// Target tokens the loss counts (labels at positions 1.. not ignored).
+    pub fn target_tokens(&self) -> usize {
+        self.targets.ids.len()
+    }
+}
+
+/// Where a batch's loss is: for each target, the flattened index `row * L + t` of the
+/// position `t` that predicts it (label at `t + 1`), and the label, in row-major order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub positions: Vec<i64>,
+    pub ids: Vec<i64>,
+}
+
+impl Targets {
+    /// Of `[b, l]` labels, row-major, on the host.
+    pub fn from_labels(labels: &[i64], b: usize, l: usize) -> Self {
+        assert_eq!(labels.len(), b * l, "labels of a [{b}, {l}] batch");
+        let (mut positions, mut ids) = (Vec::new(), Vec::new());
+        for r in 0..b {
+            for t in 0..l.saturating_sub(1) {
+                let y = labels[r * l + t + 1];
+                if y != IGNORE {
+                    positions.push((r * l + t) as i64);
+                    ids.push(y);
+                }
+            }
+        }
+        Targets { positions, ids }
+    }
+
+    /// Of labels on a device: read back first (a sync on a GPU; batches carry theirs).
+    pub fn of<B: Backend>(labels: &Tensor<B, 2, Int>) -> Self {
+        let [b, l] = labels.dims();
+        let host = labels
+            .to_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("integer labels");
+        Self::from_labels(&host, b, l)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +126,7 @@ impl LlavaBatcher {
                 feats[r * feat_len..(r + 1) * feat_len].copy_from_slice(f);
             }
         }
+        let targets = Targets::from_labels(&labels, b, l);
         LlavaBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [b, l]), device),
             labels: Tensor::from_data(TensorData::new(labels, [b, l]), device),
@@ -93,7 +138,7 @@ impl LlavaBatcher {
             image_start: items.iter().map(|i| i.seq.image_start).collect(),
             ids: items.iter().map(|i| i.seq.id.clone()).collect(),
             lengths: items.iter().map(|i| i.seq.len()).collect(),
-            target_tokens: items.iter().map(|i| i.seq.loss_targets()).sum(),
+            targets,
         }
     }
 }

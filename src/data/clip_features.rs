@@ -59,7 +59,7 @@ pub fn weights_id(dir: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-impl<B: Backend> FeatureExtractor for ClipExtractor<B> {
+impl<B: crate::model::lora::QLoraBackend> FeatureExtractor for ClipExtractor<B> {
     fn id(&self) -> String {
         format!(
             "clip weights={} layer={} with_cls={}",

@@ -157,14 +157,14 @@ pub fn lean_attention<B: QLoraBackend, C: CheckpointStrategy>(
             let dtype = q.dtype();
             let scale = (q.dims()[3] as f64).powf(-0.5);
             // P again, from the scores and the saved row statistics (f32).
-            let raw = q.clone().matmul(k.clone().swap_dims(2, 3));
+            let raw = B::matmul(q.clone(), k.clone().swap_dims(2, 3));
             let p = B::softmax_probs(raw, bias, scale, [max, lse]);
-            let dv = p.clone().cast(dtype).swap_dims(2, 3).matmul(d_o.clone());
-            let dp = d_o.matmul(v.swap_dims(2, 3)).cast(DType::F32);
+            let dv = B::matmul(p.clone().cast(dtype).swap_dims(2, 3), d_o.clone());
+            let dp = B::matmul(d_o, v.swap_dims(2, 3)).cast(DType::F32);
             // Softmax backward: dS = scale P (dP - rowsum(P dP)).
             let ds = B::softmax_grad(p, dp, scale).cast(dtype);
-            let dq = ds.clone().matmul(k);
-            let dk = ds.swap_dims(2, 3).matmul(q);
+            let dq = B::matmul(ds.clone(), k);
+            let dk = B::matmul(ds.swap_dims(2, 3), q);
             let [pq, pk, pv] = ops.parents;
             for (parent, g) in [(pq, dq), (pk, dk), (pv, dv)] {
                 if let Some(node) = parent {
@@ -179,9 +179,9 @@ pub fn lean_attention<B: QLoraBackend, C: CheckpointStrategy>(
     let bi = bias.as_ref().map(inner);
     let dtype = qi.dtype();
     let scale = (qi.dims()[3] as f64).powf(-0.5);
-    let raw = qi.clone().matmul(ki.clone().swap_dims(2, 3));
+    let raw = B::matmul(qi.clone(), ki.clone().swap_dims(2, 3));
     let [p, max, lse] = B::softmax_stats(raw, bi.clone(), scale);
-    let out = p.cast(dtype).matmul(vi.clone());
+    let out = B::matmul(p.cast(dtype), vi.clone());
     let prim = |x: Tensor<Autodiff<B, C>, 4>| x.into_primitive().tensor();
     let nodes = [q, k, v].map(|x| prim(x).node);
     let out = out.into_primitive().tensor();

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::attention::attention;
 use super::checkpoint::{read_json, Checkpoint, HfTensors};
+use super::lora::QLoraBackend;
 use super::{Activation, FlatForward};
 
 /// The vision config, from `config.json` (vision-only checkpoints) or its `vision_config`
@@ -213,7 +214,9 @@ impl<B: Backend> ClipLayer<B> {
             act,
         }
     }
+}
 
+impl<B: QLoraBackend> ClipLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.forward_masked(x, None)
     }
@@ -367,7 +370,9 @@ impl<B: Backend> ClipVision<B> {
     pub fn save_hf(&self, cfg: &ClipVisionConfig, dir: &Path) -> anyhow::Result<()> {
         super::checkpoint::save_hf_folder(dir, &self.hf_tensors(), &cfg.to_hf_json())
     }
+}
 
+impl<B: QLoraBackend> ClipVision<B> {
     /// HF `hidden_states[0]`: embeddings after `pre_layrnorm`. `pixels`: `[batch, 3, H, W]`.
     pub fn embed(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
         // Pixels arrive as f32; the weights may be bf16 (GPU runs).

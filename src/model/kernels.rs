@@ -381,6 +381,13 @@ mod flex {
             }
         }
 
+        fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+            match matmul_f32(&lhs, &rhs) {
+                Some(out) => out,
+                None => lhs.matmul(rhs),
+            }
+        }
+
         fn gelu_tanh(x: Tensor<Self, 1>) -> Tensor<Self, 1> {
             match f32s(&x) {
                 Some(v) => tensor(x.dims(), gelu_tanh(&v), &x.device()),
@@ -430,6 +437,119 @@ mod flex {
         device: &FlexDevice,
     ) -> Tensor<Flex, D> {
         Tensor::from_data(TensorData::new(v, dims), device)
+    }
+
+    // Where burn-flex 0.21 hands a product to gemm's threads, or its batch to rayon's.
+    const PARALLEL_OPS: usize = 192 * 192 * 192;
+    const BATCH_PARALLEL_OPS: usize = 128 * 128 * 128;
+
+    /// `lhs @ rhs` for f32 tensors with the same batch dims (no broadcasting), by gemm on
+    /// their strides (transposed views are not copied), exactly as burn-flex 0.21 calls it
+    /// (same results, bit for bit), into a buffer gemm fills. burn-flex's own matmul
+    /// zero-fills its output and then copies it once more to realign it
+    /// (`Bytes::from_bytes_vec` on a `Vec<u8>`): ~8% of a pretraining step here. `None` for
+    /// anything else (burn's matmul then).
+    pub(super) fn matmul_f32<const D: usize>(
+        lhs: &Tensor<Flex, D>,
+        rhs: &Tensor<Flex, D>,
+    ) -> Option<Tensor<Flex, D>> {
+        let (ld, rd) = (lhs.dims(), rhs.dims());
+        if D < 2
+            || lhs.dtype() != DType::F32
+            || rhs.dtype() != DType::F32
+            || ld[..D - 2] != rd[..D - 2]
+            || ld[D - 1] != rd[D - 2]
+        {
+            return None;
+        }
+        let (m, k, n) = (ld[D - 2], ld[D - 1], rd[D - 1]);
+        let batch: usize = ld[..D - 2].iter().product();
+        let mut dims = ld;
+        dims[D - 1] = n;
+        if k == 0 || m == 0 || n == 0 || batch == 0 {
+            return Some(Tensor::zeros(dims, &lhs.device()));
+        }
+        let (TensorPrimitive::Float(a), TensorPrimitive::Float(b)) =
+            (lhs.clone().into_primitive(), rhs.clone().into_primitive())
+        else {
+            return None;
+        };
+        // Offset of batch matrix `i` (row-major over the batch dims) in a layout.
+        let offsets = |t: &burn_flex::FlexTensor| -> Vec<isize> {
+            let (shape, strides) = (t.layout().shape(), t.layout().strides());
+            (0..batch)
+                .map(|mut i| {
+                    let mut off = t.layout().start_offset() as isize;
+                    for d in (0..D - 2).rev() {
+                        off += (i % shape[d]) as isize * strides[d];
+                        i /= shape[d];
+                    }
+                    off
+                })
+                .collect()
+        };
+        let (oa, ob) = (offsets(&a), offsets(&b));
+        let (sa, sb) = (a.layout().strides(), b.layout().strides());
+        let (a_rs, a_cs, b_rs, b_cs) = (sa[D - 2], sa[D - 1], sb[D - 2], sb[D - 1]);
+        // As addresses: the closure below runs on rayon's threads.
+        let (pa, pb) = (
+            a.storage::<f32>().as_ptr() as usize,
+            b.storage::<f32>().as_ptr() as usize,
+        );
+        let size = m * n;
+        let mut out: Vec<f32> = Vec::with_capacity(batch * size);
+        let run = |i: usize, dst: *mut f32, par: gemm::Parallelism| {
+            // SAFETY: the offsets and strides are the layouts' own, within their storage;
+            // `dst` has room for one m x n matrix, which gemm writes whole (no read: k > 0).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst,
+                    1,
+                    n as isize,
+                    false,
+                    (pa as *const f32).offset(oa[i]),
+                    a_cs,
+                    a_rs,
+                    (pb as *const f32).offset(ob[i]),
+                    b_cs,
+                    b_rs,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        };
+        let per = m.saturating_mul(n).saturating_mul(k);
+        let total = batch.saturating_mul(per);
+        let dst = out.as_mut_ptr() as usize;
+        if D > 2 && batch > 1 && total >= BATCH_PARALLEL_OPS && (per < PARALLEL_OPS || batch >= 4) {
+            use rayon::prelude::*;
+            (0..batch).into_par_iter().for_each(|i| {
+                run(
+                    i,
+                    (dst as *mut f32).wrapping_add(i * size),
+                    gemm::Parallelism::None,
+                )
+            });
+        } else {
+            let par = if per >= PARALLEL_OPS {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            };
+            for i in 0..batch {
+                run(i, (dst as *mut f32).wrapping_add(i * size), par);
+            }
+        }
+        // SAFETY: every one of the batch x m x n values was written above.
+        unsafe { out.set_len(batch * size) };
+        Some(tensor(dims, out, &lhs.device()))
     }
 }
 
@@ -526,5 +646,78 @@ mod tests {
                 dx[i]
             );
         }
+    }
+
+    /// The CPU matmul is burn-flex's, bit for bit: 2-D, transposed views, batched (on
+    /// rayon's threads and on gemm's), and its gradients under autodiff equal burn's.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn the_cpu_matmul_is_burns_bit_for_bit_and_so_are_its_gradients() {
+        use crate::backend::{Compute, Train};
+        use crate::model::lora::QLoraBackend;
+        use burn::prelude::*;
+        use burn::tensor::Distribution;
+
+        let dev = Default::default();
+        let bits = |t: Tensor<Compute, 4>| -> Vec<u32> {
+            let v = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let r = |s: [usize; 4]| Tensor::<Compute, 4>::random(s, Distribution::Default, &dev);
+        // Batch 1 small, batch 6 on rayon's threads, batch 2 large on gemm's.
+        for (b, m, k, n) in [(1, 5, 7, 3), (6, 64, 48, 80), (2, 200, 192, 200)] {
+            let (x, y) = (r([1, b, m, k]), r([1, b, k, n]));
+            let want = x.clone().matmul(y.clone());
+            assert_eq!(
+                bits(Compute::matmul(x.clone(), y.clone())),
+                bits(want),
+                "{b}x{m}x{k}x{n}"
+            );
+            // Transposed views of [.., n, k] and [.., k, m].
+            let (xt, yt) = (
+                r([1, b, k, m]).swap_dims(2, 3),
+                r([1, b, n, k]).swap_dims(2, 3),
+            );
+            let want = xt.clone().matmul(yt.clone());
+            assert_eq!(bits(Compute::matmul(xt, yt)), bits(want), "transposed");
+        }
+        let (x, w) = (r([1, 1, 33, 20]), r([1, 1, 20, 17]));
+        let x2 = x.clone().reshape([33, 20]);
+        let w2 = w.clone().reshape([20, 17]);
+        let ours = Compute::matmul(x2.clone(), w2.clone()).reshape([1, 1, 33, 17]);
+        assert_eq!(
+            bits(ours),
+            bits(x2.matmul(w2).reshape([1, 1, 33, 17])),
+            "2-D"
+        );
+
+        // Under autodiff: the same values and gradients as burn's op.
+        let t = |x: Tensor<Compute, 4>| Tensor::<Train, 4>::from_inner(x).require_grad();
+        let (a, b) = (t(r([2, 3, 9, 11])), t(r([2, 3, 11, 4])));
+        let weights = Tensor::<Train, 4>::from_inner(r([2, 3, 9, 4]));
+        let g1 = (Train::matmul(a.clone(), b.clone()) * weights.clone())
+            .sum()
+            .backward();
+        let g2 = (a.clone().matmul(b.clone()) * weights).sum().backward();
+        assert_eq!(
+            bits(a.grad(&g1).unwrap()),
+            bits(a.grad(&g2).unwrap()),
+            "d lhs"
+        );
+        assert_eq!(
+            bits(b.grad(&g1).unwrap()),
+            bits(b.grad(&g2).unwrap()),
+            "d rhs"
+        );
+        // A frozen right side: no gradient for it, the left one unchanged.
+        let frozen = Tensor::<Train, 4>::from_inner(r([2, 3, 11, 4]));
+        let g = Train::matmul(a.clone(), frozen.clone()).sum().backward();
+        assert!(frozen.grad(&g).is_none());
+        let want = a.clone().matmul(frozen).sum().backward();
+        assert_eq!(
+            bits(a.grad(&g).unwrap()),
+            bits(a.grad(&want).unwrap()),
+            "frozen rhs"
+        );
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::module::{Initializer, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -351,7 +351,12 @@ pub trait QLoraBackend: Backend {
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
         let wt = dequantized::<Self>(&w, &x.device(), x.dtype()).transpose();
-        x.matmul(wt).into_primitive().tensor()
+        Self::matmul(x, wt).into_primitive().tensor()
+    }
+
+    /// `lhs @ rhs` over the last two dims; the batch dims must be equal (no broadcasting).
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        lhs.matmul(rhs)
     }
 
     /// Attention on `[batch, heads, tokens, head_dim]` with an additive mask bias.
@@ -541,11 +546,71 @@ impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
+    /// The inner backend's [`QLoraBackend::matmul`] forward and backward (burn's autodiff
+    /// matmul would call the inner backend's plain matmul for both). Broadcast batch dims
+    /// take burn's op.
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        #[derive(Debug)]
+        struct Matmul<const D: usize>;
+
+        impl<B: QLoraBackend, const D: usize> Backward<B, 2> for Matmul<D> {
+            /// `lhs` when `rhs` needs a gradient, `rhs` when `lhs` does.
+            type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (lhs, rhs) = ops.state;
+                let t = |p: Option<FloatTensor<B>>| {
+                    Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p.expect("kept")))
+                        .swap_dims(D - 2, D - 1)
+                };
+                let g = |p| Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p));
+                binary::<B, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |grad| B::matmul(g(grad), t(rhs)).into_primitive().tensor(),
+                    |grad| B::matmul(t(lhs), g(grad)).into_primitive().tensor(),
+                );
+            }
+        }
+
+        let (ld, rd) = (lhs.dims(), rhs.dims());
+        if D < 2 || ld[..D - 2] != rd[..D - 2] {
+            return lhs.matmul(rhs);
+        }
+        let (l, r) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor());
+        let (l_tracked, r_tracked) = (l.is_tracked(), r.is_tracked());
+        let y = |l: FloatTensor<B>, r: FloatTensor<B>| {
+            let f = |p| Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p));
+            B::matmul(f(l), f(r)).into_primitive().tensor()
+        };
+        let out = match Matmul::<D>
+            .prepare::<C>([l.node.clone(), r.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    r_tracked.then(|| l.primitive.clone()),
+                    l_tracked.then(|| r.primitive.clone()),
+                );
+                prep.finish(state, y(l.primitive, r.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y(l.primitive, r.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
     fn nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Nf4Matmul;
 
-        impl<B: Backend> Backward<B, 1> for Nf4Matmul {
+        impl<B: QLoraBackend> Backward<B, 1> for Nf4Matmul {
             /// The packed weight, not its dequantized copy.
             type State = Arc<Nf4Tensor>;
 
@@ -560,7 +625,7 @@ impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
                     // dL/dx = dL/dy W, with W dequantized again here.
                     let g = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grad));
                     let wm = dequantized::<B>(&w, &g.device(), g.dtype());
-                    g.matmul(wm).into_primitive().tensor()
+                    B::matmul(g, wm).into_primitive().tensor()
                 });
             }
         }
@@ -647,7 +712,9 @@ impl<B: Backend> LoraAdapter<B> {
         };
         (v(self.a.val()), v(self.b.val()))
     }
+}
 
+impl<B: QLoraBackend> LoraAdapter<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         // A and B keep their own dtype (f32 master weights) whatever the compute dtype: the
         // input is cast in and the output back (no-ops when they agree).

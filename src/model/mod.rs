@@ -60,17 +60,19 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use lora::QLoraBackend;
+
 /// `x w + b` over the last dim, the leading dims flattened into one 2-D matmul. burn's
 /// `linear` broadcasts `w` to `[1, .., in, out]` instead: in the backward that reshape of the
 /// transposed weight copies the whole weight on the CPU backend (11% of a d-1024 step), and
 /// a trainable weight's gradient comes as one product per batch row, summed after.
-pub fn linear_flat<B: Backend, const D: usize>(
+pub fn linear_flat<B: QLoraBackend, const D: usize>(
     x: Tensor<B, D>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
     let d_out = w.dims()[1];
-    on_rows(x, d_out, b, |x2| x2.matmul(w))
+    on_rows(x, d_out, b, |x2| B::matmul(x2, w))
 }
 
 /// `[.., in]` -> `[n, in]` -> `matmul` (to `[n, out]`) -> `+ b` -> `[.., out]`: the shape
@@ -97,7 +99,7 @@ pub trait FlatForward<B: Backend> {
     fn forward_flat<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>;
 }
 
-impl<B: Backend> FlatForward<B> for Linear<B> {
+impl<B: QLoraBackend> FlatForward<B> for Linear<B> {
     fn forward_flat<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         linear_flat(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }

@@ -8,6 +8,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
+use super::lora::QLoraBackend;
 use super::FlatForward;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,7 +39,7 @@ pub struct ResidualBlock<B: Backend> {
     pub w2: Linear<B>,
 }
 
-impl<B: Backend> ResidualBlock<B> {
+impl<B: QLoraBackend> ResidualBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self
             .w2
@@ -87,7 +88,7 @@ impl ProjectorConfig {
     }
 }
 
-impl<B: Backend> Projector<B> {
+impl<B: QLoraBackend> Projector<B> {
     /// `[batch, patches, d_vision]` -> `[batch, patches, d_lm]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let mut x = self.input.forward_flat(x);
@@ -101,7 +102,7 @@ impl<B: Backend> Projector<B> {
     }
 }
 
-impl<B: Backend> Projector<B> {
+impl<B: QLoraBackend> Projector<B> {
     /// Loads projector weights saved in PyTorch layout under `prefix`: `input`,
     /// `blocks.{i}.{norm,w1,w2}`, `output` (the names the harness exports and its reference
     /// scripts use).

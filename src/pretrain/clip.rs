@@ -47,6 +47,7 @@ use crate::data::coco::load_captions;
 use crate::data::images::{load_rgb, par_map, ImageRoot};
 use crate::data::synth::{scene, COLORS, KINDS};
 use crate::model::clip::{ClipLayer, ClipVision, ClipVisionConfig};
+use crate::model::lora::QLoraBackend;
 use crate::model::preprocess::{preprocess, PreprocessConfig, Resize};
 use crate::model::Activation;
 use crate::rng::{epoch_order, Rng};
@@ -186,7 +187,7 @@ pub struct TextTower<B: Backend> {
     pub final_layer_norm: LayerNorm<B>,
 }
 
-impl<B: Backend> TextTower<B> {
+impl<B: QLoraBackend> TextTower<B> {
     /// `[b, d]`: mean of the final hidden states over the real tokens.
     pub fn forward(&self, ids: Tensor<B, 2, Int>, keep: Tensor<B, 2>) -> Tensor<B, 2> {
         let [b, t] = ids.dims();
@@ -226,7 +227,7 @@ fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     x / n
 }
 
-impl<B: Backend> Clip<B> {
+impl<B: QLoraBackend> Clip<B> {
     pub fn init(o: &ClipPretrainOptions, vocab_size: usize, device: &B::Device) -> Self {
         let d = o.hidden;
         let normal = |shape: [usize; 2], std: f64| -> Tensor<B, 2> {
@@ -408,7 +409,7 @@ pub struct ZeroShot {
     pub shape_chance_any: f64,
 }
 
-fn mean_embedding<B: Backend>(
+fn mean_embedding<B: QLoraBackend>(
     clip: &Clip<B>,
     vocab: &Vocab,
     prompts: &[String],
@@ -422,7 +423,7 @@ fn mean_embedding<B: Backend>(
 }
 
 /// Image embeddings of a whole split, row-major `[n][e]`.
-pub fn split_embeddings<B: Backend>(
+pub fn split_embeddings<B: QLoraBackend>(
     clip: &Clip<B>,
     split: &Split,
     size: usize,
@@ -451,7 +452,7 @@ fn argmax_class(img: &[f32], classes: &[Vec<f32>]) -> usize {
 }
 
 /// Zero-shot colour and shape accuracy on `val`, whose scenes are those of world `seed`.
-pub fn zero_shot<B: Backend>(
+pub fn zero_shot<B: QLoraBackend>(
     clip: &Clip<B>,
     vocab: &Vocab,
     val: &Split,

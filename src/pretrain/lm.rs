@@ -19,7 +19,8 @@
 //! Tokenizer: byte-level BPE trained on the training captions and conversations,
 //! `<|endoftext|>` special with id 0 (bos = eos = pad). Model: [`PhiConfig::init_hf`].
 //! Loop: AdamW, linear warmup then cosine to 0, global-norm clipping, right padding with
-//! an attention mask, [`target_lm_loss`] (the head only at real tokens). Evaluation: the first question of every val
+//! an attention mask, [`summed_target_loss`] (the head only at real tokens), optionally on
+//! several data-parallel workers (`workers`, [`parallel::with_peers`]). Evaluation: the first question of every val
 //! conversation with its image's captions (file order) as `ctx`, greedy, 5 new tokens,
 //! [`qa_exact_match`] per question type.
 //!
@@ -50,8 +51,9 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::Activation;
 use crate::rng::Rng;
 use crate::train::grads;
-use crate::train::loss::target_lm_loss;
+use crate::train::loss::summed_target_loss;
 use crate::train::schedule::LrSchedule;
+use crate::train::{parallel, Device};
 
 /// The end of every document; a special token with id 0.
 pub const EOS: &str = "<|endoftext|>";
@@ -436,6 +438,49 @@ pub fn step_docs(
     Ok(docs.drain(chunk * o.batch..(chunk + 1) * o.batch).collect())
 }
 
+/// One optimizer step of worker `rank` of `workers` on its share of `docs`: its
+/// summed loss over its targets divided by the whole batch's target count (so any number
+/// of workers makes the update one worker makes with the whole batch, up to the order of
+/// float sums), gradients and loss all-reduced, the global norm clipped, AdamW. Returns the
+/// model and the batch's mean loss.
+#[allow(clippy::too_many_arguments)]
+fn lm_step<O: Optimizer<Phi<Train>, Train>>(
+    rank: usize,
+    workers: usize,
+    model: Phi<Train>,
+    optim: &mut O,
+    docs: &[Vec<u32>],
+    o: &LmPretrainOptions,
+    lr: f64,
+    device: &Device,
+) -> (Phi<Train>, f64) {
+    // Every real token but a document's first is a target (`batch`'s labels).
+    let targets: usize = docs
+        .iter()
+        .map(|d| d.len().min(o.max_len).saturating_sub(1))
+        .sum();
+    let norm = targets.max(1) as f64;
+    // Every `workers`-th document from `rank`: a length-sorted batch (length groups) splits
+    // into shares of about equal lengths, so no worker waits long for the others.
+    let mine: Vec<Vec<u32>> = docs.iter().skip(rank).step_by(workers).cloned().collect();
+    let (g, loss_sum) = if mine.is_empty() {
+        (
+            GradientsParams::new(),
+            Tensor::<Compute, 1>::zeros([1], device),
+        )
+    } else {
+        let (ids, mask, labels) = batch::<Train>(&mine, o.max_len, device);
+        let hidden = model.hidden_embeds(model.embed(ids), Some(mask), None);
+        let summed = summed_target_loss(hidden, |x| model.head(x), labels);
+        let g = GradientsParams::from_grads((summed.clone() / norm).backward(), &model);
+        (g, summed.inner())
+    };
+    let buffer = Tensor::cat(vec![grads::flatten::<Train, _>(&model, g), loss_sum], 0);
+    let r = parallel::reduce(rank, workers, buffer, o.clip_grad_norm);
+    let g = grads::unflatten::<Train, _>(&model, r.grads);
+    (optim.step(lr, model, g), r.loss_sum / norm)
+}
+
 /// Trains the tokenizer and the tiny Phi on `o.world` and writes the HF folder to `o.out`.
 pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
     let t_all = Instant::now();
@@ -479,13 +524,14 @@ pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
         .map_err(|e| anyhow!("saving the tokenizer: {e}"))?;
     let tok = Tokenizer::from_file(&tmp.join("tokenizer.json"), &cfg)?;
 
-    let device = crate::backend::device(0);
-    <Train as Backend>::seed(&device, o.seed);
-    let mut model: Phi<Train> = cfg.init_hf(&device, o.init_std);
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(o.weight_decay as f32)
-        .init::<Train, Phi<Train>>();
+    // The CPU build's workers share its one device; a GPU build puts them all on GPU 0.
+    let workers = o.workers.max(1);
+    let devices = vec![crate::backend::device(0); workers];
+    let device = &devices[0];
+    <Train as Backend>::seed(device, o.seed);
+    let model: Phi<Train> = cfg.init_hf(device, o.init_std);
+    // Every replica starts from these values (burn draws lazy parameters at first use).
+    parallel::materialize(&model);
     let sched = LrSchedule::warmup_cosine(o.lr, o.steps, o.warmup);
     let bar = if o.progress {
         indicatif::ProgressBar::new(o.steps)
@@ -499,32 +545,41 @@ pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
         .expect("template")
         .progress_chars("=> "),
     );
-    let mut losses = Vec::with_capacity(o.steps as usize);
     let log_lines = o.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let t_train = Instant::now();
-    for step in 0..o.steps {
-        let docs = step_docs(o, &template, &train, &tok, step)?;
-        let (ids, mask, labels) = batch::<Train>(&docs, o.max_len, &device);
-        let hidden = model.hidden_embeds(model.embed(ids), Some(mask), None);
-        let (loss, _) = target_lm_loss(hidden, |x| model.head(x), labels);
-        let lv = loss.clone().into_scalar().elem::<f64>();
-        anyhow::ensure!(lv.is_finite(), "loss is {lv} at step {step}");
-        losses.push(lv);
-        let mut g = GradientsParams::from_grads(loss.backward(), &model);
-        grads::clip_global_norm::<Train, _>(&model, &mut g, o.clip_grad_norm);
-        model = optim.step(sched.lr(step), model, g);
-        bar.set_message(format!("loss {lv:.4}"));
-        bar.inc(1);
-        // The bar is hidden in logs (no terminal): a line every 50 steps instead.
-        if log_lines && ((step + 1) % 50 == 0 || step + 1 == o.steps) {
-            eprintln!(
-                "pretrain lm: step {}/{} loss {lv:.4} ({:.1}s)",
-                step + 1,
-                o.steps,
-                t_train.elapsed().as_secs_f64()
-            );
+    let (model, losses) = parallel::with_peers(&devices, |rank, device| -> Result<_> {
+        let mut model = model.clone().fork(device);
+        let mut optim = AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(o.weight_decay as f32)
+            .init::<Train, Phi<Train>>();
+        let mut losses = Vec::with_capacity(o.steps as usize);
+        for step in 0..o.steps {
+            // Every worker draws the whole batch (a function of seed and step) and takes its
+            // share; the loss it stops on is the all-reduced one, the same on all.
+            let docs = step_docs(o, &template, &train, &tok, step)?;
+            let lr = sched.lr(step);
+            let (next, lv) = lm_step(rank, workers, model, &mut optim, &docs, o, lr, device);
+            model = next;
+            anyhow::ensure!(lv.is_finite(), "loss is {lv} at step {step}");
+            if rank > 0 {
+                continue;
+            }
+            losses.push(lv);
+            bar.set_message(format!("loss {lv:.4}"));
+            bar.inc(1);
+            // The bar is hidden in logs (no terminal): a line every 50 steps instead.
+            if log_lines && ((step + 1) % 50 == 0 || step + 1 == o.steps) {
+                eprintln!(
+                    "pretrain lm: step {}/{} loss {lv:.4} ({:.1}s)",
+                    step + 1,
+                    o.steps,
+                    t_train.elapsed().as_secs_f64()
+                );
+            }
         }
-    }
+        Ok((model, losses))
+    })?;
     bar.finish_and_clear();
     let train_seconds = t_train.elapsed().as_secs_f64();
     let lm = model.valid();
@@ -539,7 +594,7 @@ pub fn pretrain_lm(o: &LmPretrainOptions) -> Result<LmPretrained> {
             &template,
             v,
             o.eval_max_new_tokens,
-            &device,
+            device,
         )?),
         _ => None,
     };

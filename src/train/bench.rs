@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Train;
 use crate::backend::{host_memory, peak_rss_bytes, PeakAnon};
-use crate::data::batch::LlavaBatch;
+use crate::data::batch::{LlavaBatch, Targets};
 use crate::model::lora::LoraConfig;
 use crate::model::nf4::Nf4Config;
 use crate::model::phi::{Phi, PhiConfig};
@@ -143,6 +143,7 @@ fn batch<B: Backend>(c: &BenchConfig, device: &B::Device) -> LlavaBatch<B> {
     }
     let t =
         |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [c.batch, len]), device);
+    let targets = Targets::from_labels(&labels, c.batch, len);
     LlavaBatch {
         input_ids: t(ids),
         labels: t(labels),
@@ -155,7 +156,7 @@ fn batch<B: Backend>(c: &BenchConfig, device: &B::Device) -> LlavaBatch<B> {
         image_start: vec![Some(0); c.batch],
         ids: vec![String::new(); c.batch],
         lengths: vec![len; c.batch],
-        target_tokens: c.batch * c.text_len,
+        targets,
     }
 }
 
@@ -218,7 +219,7 @@ fn steps(
     let mut times = vec![];
     for i in 0..c.warmup + c.steps {
         let start = Instant::now();
-        let n = b.target_tokens as f64;
+        let n = b.target_tokens() as f64;
         let micro_step = if c.activation_checkpointing && train_lm {
             micro_step
         } else {

@@ -136,7 +136,7 @@ pub fn prepare(
         pad_id: spec.pad_id,
         image_tokens: cache.tokens(),
         feature_dim: cache.dim(),
-        pad_to_multiple: 8,
+        pad_to_multiple: exp.data.pad_multiple(),
     };
     Ok(StageData {
         train,

@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
+pub use crate::data::batch::Targets;
 use crate::data::sequence::IGNORE;
 
 /// Mean cross-entropy over target tokens, and their count, from the logits of every
@@ -39,36 +40,6 @@ pub fn summed_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     (picked * keep.float()).sum().neg()
 }
 
-/// Where a batch's loss is: for each target, the flattened index `row * L + t` of the
-/// position `t` that predicts it (label at `t + 1`), and the label. Read from the labels on
-/// the host, in row-major order.
-pub struct Targets {
-    pub positions: Vec<i64>,
-    pub ids: Vec<i64>,
-}
-
-impl Targets {
-    pub fn of<B: Backend>(labels: &Tensor<B, 2, Int>) -> Self {
-        let [b, l] = labels.dims();
-        let host = labels
-            .to_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("integer labels");
-        let (mut positions, mut ids) = (Vec::new(), Vec::new());
-        for r in 0..b {
-            for t in 0..l.saturating_sub(1) {
-                let y = host[r * l + t + 1];
-                if y != IGNORE {
-                    positions.push((r * l + t) as i64);
-                    ids.push(y);
-                }
-            }
-        }
-        Targets { positions, ids }
-    }
-}
-
 /// [`summed_lm_loss`] from the last layer's output `hidden` `[b, L, d]`, with `head` (final
 /// norm, `lm_head`) applied only at the positions that predict a target: the same loss
 /// and gradients without the logits of image, prompt and padding positions, which the
@@ -79,7 +50,7 @@ pub fn summed_target_loss<B: Backend>(
     head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
 ) -> Tensor<B, 1> {
-    summed_at(hidden, head, Targets::of(&labels))
+    summed_loss_at(hidden, head, &Targets::of(&labels))
 }
 
 /// The mean cross-entropy over target tokens, and their count, from the last layer's
@@ -91,13 +62,14 @@ pub fn target_lm_loss<B: Backend>(
 ) -> (Tensor<B, 1>, usize) {
     let t = Targets::of(&labels);
     let n = t.ids.len();
-    (summed_at(hidden, head, t) / (n.max(1) as f64), n)
+    (summed_loss_at(hidden, head, &t) / (n.max(1) as f64), n)
 }
 
-fn summed_at<B: Backend>(
+/// [`summed_target_loss`] at targets already known on the host (a batch's own).
+pub fn summed_loss_at<B: Backend>(
     hidden: Tensor<B, 3>,
     head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
-    t: Targets,
+    t: &Targets,
 ) -> Tensor<B, 1> {
     let [b, l, d] = hidden.dims();
     let n = t.ids.len();
@@ -111,13 +83,15 @@ fn summed_at<B: Backend>(
     };
     let picked = hidden
         .reshape([b * l, d])
-        .select(0, int(t.positions, [n]))
+        .select(0, int(t.positions.clone(), [n]))
         .reshape([1, n, d]);
     let logits = head(picked);
     let v = logits.dims()[2];
     // In f32 whatever the compute dtype, as HF upcasts logits before the loss.
     let logp = log_softmax(logits.cast(burn::tensor::DType::F32).reshape([n, v]), 1);
-    logp.gather(1, int(t.ids, [n]).reshape([n, 1])).sum().neg()
+    logp.gather(1, int(t.ids.clone(), [n]).reshape([n, 1]))
+        .sum()
+        .neg()
 }
 
 #[cfg(test)]

@@ -87,19 +87,15 @@ fn hidden<B: QLoraBackend>(
     )
 }
 
-/// The batch's cross-entropy summed over its target tokens ([`loss::summed_target_loss`]:
-/// the LM's head only where a target is), the same value as [`loss::summed_lm_loss`] of
+/// The batch's cross-entropy summed over its target tokens ([`loss::summed_loss_at`] its
+/// host-side targets: the LM's head only where a target is), the same value as [`loss::summed_lm_loss`] of
 /// [`forward`]'s logits.
 pub fn summed_loss<B: QLoraBackend>(
     projector: &Projector<B>,
     lm: &Phi<B>,
     batch: &LlavaBatch<B>,
 ) -> Tensor<B, 1> {
-    loss::summed_target_loss(
-        hidden(projector, lm, batch),
-        |x| lm.head(x),
-        batch.labels.clone(),
-    )
+    loss::summed_loss_at(hidden(projector, lm, batch), |x| lm.head(x), &batch.targets)
 }
 
 /// Optimizer steps in a stage: `max_steps`, else `epochs` passes of `grad_accum` micro-batches.
@@ -137,7 +133,7 @@ fn validate<B: QLoraBackend>(
             .batcher
             .batch::<B>(cached_items(&data.val, chunk, &data.cache), device);
         sum += summed_loss(projector, lm, &b).into_scalar().elem::<f64>();
-        count += b.target_tokens;
+        count += b.target_tokens();
     }
     (count > 0).then(|| sum / count as f64)
 }

@@ -30,7 +30,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-use super::loss::summed_target_loss;
+use super::loss::summed_loss_at;
 
 /// Where random draws are serialized. burn's backends draw from one process-wide generator,
 /// so workers of a data-parallel step that seed and then draw must not interleave: with a
@@ -114,7 +114,7 @@ pub fn micro_step(
         .pop()
         .expect("the embeddings at least")
         .require_grad();
-    let loss = summed_target_loss(last.clone(), |x| lm.head(x), batch.labels.clone());
+    let loss = summed_loss_at(last.clone(), |x| lm.head(x), &batch.targets);
     let loss_sum = loss.clone().detach().inner();
     let g = (loss / norm).backward();
     let mut dx = last.grad(&g).expect("the head depends on its input");

@@ -164,3 +164,24 @@ fn resolved_toml_round_trips_to_the_same_hash() {
     assert_eq!(e, again);
     assert_eq!(stage_keys(&e), stage_keys(&again));
 }
+
+/// `data.pad_to_multiple`: read from the TOML, the backend's default when 0 (8 on the
+/// CPU, 64 on a GPU), at most `max_len`, and outside the stage keys (padding is masked and
+/// unlabelled: `train_step::a_batchs_summed_loss_is_the_sum_over_its_rows_unpadded`).
+#[test]
+fn padding_multiple_is_configurable_and_leaves_the_keys_alone() {
+    let default = parse(&experiment("a", ""), "t.toml").unwrap();
+    assert_eq!(default.data.pad_to_multiple, 0);
+    let auto = if cfg!(feature = "cuda") { 64 } else { 8 };
+    assert_eq!(default.data.pad_multiple(), auto);
+    let text = experiment("a", "[data]\npad_to_multiple = 64\n");
+    let set = parse(&text, "t.toml").unwrap();
+    assert_eq!(set.data.pad_multiple(), 64);
+    assert!(validate(&set, &text).is_empty());
+    let (a, b) = (stage_keys(&set), stage_keys(&default));
+    assert_eq!((a.stage1, a.stage2), (b.stage1, b.stage2));
+    let text = experiment("a", "[data]\nmax_len = 96\npad_to_multiple = 128\n");
+    let problems = validate(&parse(&text, "t.toml").unwrap(), &text);
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["data.pad_to_multiple"]);
+}

@@ -1,7 +1,7 @@
 //! Padded burn batches and the epoch's batch order.
 
 use harness::backend::Compute;
-use harness::data::batch::{epoch_batches, BatchItem, LlavaBatcher};
+use harness::data::batch::{epoch_batches, BatchItem, LlavaBatcher, Targets};
 use harness::data::sequence::{Sequence, IGNORE};
 
 fn seq(id: &str, len: usize, image_start: Option<usize>) -> Sequence {
@@ -56,7 +56,11 @@ fn batches_are_right_padded_with_masks_and_features() {
     assert_eq!(f, [0., 1., 2., 3., 4., 5., 0., 0., 0., 0., 0., 0.]);
     assert_eq!(out.image_start, [Some(1), None]);
     assert_eq!(out.lengths, [5, 2]);
-    assert_eq!(out.target_tokens, 3);
+    // The loss's positions, from the host labels: the one that predicts each target.
+    assert_eq!(out.target_tokens(), 3);
+    assert_eq!(out.targets.positions, [0, 2, 8]);
+    assert_eq!(out.targets.ids, [11, 13, 11]);
+    assert_eq!(out.targets, Targets::of(&out.labels));
     assert_eq!(out.ids, ["a", "b"]);
 }
 

@@ -163,3 +163,69 @@ fn pretrain_lm_round_trips_and_learns() {
     assert!(json["text_context_qa"]["overall"].is_number());
     assert!(out.join("generation_config.json").exists());
 }
+
+/// Data-parallel pretraining: 2 and 3 workers (shares of 4 and 3/3/2 documents) make the
+/// updates one worker makes with the whole batch, up to the order of float sums.
+#[test]
+fn pretraining_on_several_workers_equals_one_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    generate(
+        &world,
+        &SynthOptions {
+            images: 40,
+            size: 32,
+            seed: 7,
+            val_fraction: 0.25,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    let run = |workers: usize| {
+        let out = tmp.path().join(format!("lm{workers}"));
+        let o = LmPretrainOptions {
+            world: world.clone(),
+            out: out.clone(),
+            d_model: 32,
+            layers: 1,
+            heads: 4,
+            vocab: 300,
+            steps: 8,
+            batch: 8,
+            length_groups: 2,
+            workers,
+            progress: false,
+            ..Default::default()
+        };
+        let r = pretrain_lm(&o).unwrap();
+        (
+            r.losses,
+            read_all_f32(&out.join("model.safetensors")).unwrap(),
+        )
+    };
+    let (losses1, weights1) = run(1);
+    assert_eq!(losses1.len(), 8);
+    for workers in [2, 3] {
+        let (losses, weights) = run(workers);
+        for (step, (a, b)) in losses1.iter().zip(&losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs(),
+                "{workers} workers, step {step}: loss {a} vs {b}"
+            );
+        }
+        assert_eq!(
+            weights.keys().collect::<Vec<_>>(),
+            weights1.keys().collect::<Vec<_>>()
+        );
+        for (name, (shape, w)) in &weights {
+            let (shape1, w1) = &weights1[name];
+            assert_eq!(shape, shape1, "{name}");
+            let diff = w
+                .iter()
+                .zip(w1)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-5, "{workers} workers: {name} differs by {diff}");
+        }
+    }
+}

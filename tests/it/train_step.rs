@@ -6,7 +6,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 
 use harness::backend::Train;
-use harness::data::batch::LlavaBatch;
+use harness::data::batch::{LlavaBatch, Targets};
 use harness::model::checkpoint::{read_all_f32, Checkpoint};
 use harness::model::lora::{LoraAdapter, LoraConfig};
 use harness::model::nf4::Nf4Config;
@@ -60,6 +60,7 @@ fn stage1_step_matches_pytorch() {
     let [b, l] = [refs["input_ids"].0[0], refs["input_ids"].0[1]];
     let batch = LlavaBatch::<Train> {
         input_ids: ints("input_ids"),
+        targets: Targets::of(&ints("labels")),
         labels: ints("labels"),
         attention_mask: ints("attention_mask"),
         image_features: Tensor::from_data(
@@ -69,7 +70,6 @@ fn stage1_step_matches_pytorch() {
         image_start: vec![Some(0); b],
         ids: vec![String::new(); b],
         lengths: vec![l; b],
-        target_tokens: 0,
     };
     let (loss, _) = masked_lm_loss(forward(&projector, &lm, &batch), batch.labels.clone());
     let loss_v = loss.clone().into_scalar().elem::<f32>();
@@ -247,6 +247,7 @@ fn stage2_step(case: &str) {
         .collect();
     let batch = LlavaBatch::<Train> {
         input_ids: ints("input_ids"),
+        targets: Targets::of(&ints("labels")),
         labels: ints("labels"),
         attention_mask: ints("attention_mask"),
         image_features: Tensor::from_data(
@@ -256,7 +257,6 @@ fn stage2_step(case: &str) {
         image_start: starts,
         ids: vec![String::new(); b],
         lengths,
-        target_tokens: 0,
     };
     let (loss, _) = masked_lm_loss(forward(&projector, &lm, &batch), batch.labels.clone());
     let loss_v = loss.clone().into_scalar().elem::<f32>();
@@ -423,13 +423,13 @@ fn recompute_case(nf4: bool, dropout: f64) -> (Projector<Train>, Phi<Train>, Lla
     let t = |v: Vec<i64>| Tensor::<Train, 2, Int>::from_data(TensorData::new(v, [b, l]), &dev);
     let batch = LlavaBatch {
         input_ids: t(ids),
+        targets: Targets::of(&t(labels.clone())),
         labels: t(labels),
         attention_mask: t(mask),
         image_features: Tensor::random([b, p, 8], burn::tensor::Distribution::Default, &dev),
         image_start: starts,
         ids: vec![String::new(); b],
         lengths: vec![l; b],
-        target_tokens: 0,
     };
     (projector, lm, batch)
 }
@@ -573,13 +573,13 @@ fn a_batchs_summed_loss_is_the_sum_over_its_rows_unpadded() {
         let row = |t: &Tensor<Train, 2, Int>| t.clone().slice([r..r + 1, 0..len]);
         let b = LlavaBatch {
             input_ids: row(&batch.input_ids),
+            targets: Targets::of(&row(&batch.labels)),
             labels: row(&batch.labels),
             attention_mask: row(&batch.attention_mask),
             image_features: batch.image_features.clone().slice_dim(0, r..r + 1),
             image_start: vec![batch.image_start[r]],
             ids: vec![String::new()],
             lengths: vec![len],
-            target_tokens: 0,
         };
         rows += summed_lm_loss(forward(&projector, &lm, &b), b.labels.clone()).into_scalar() as f64;
     }
