@@ -327,7 +327,7 @@ mod flex {
     use burn::backend::flex::FlexDevice;
     use burn::backend::Flex;
     use burn::prelude::*;
-    use burn::tensor::{DType, TensorPrimitive};
+    use burn::tensor::{DType, Distribution, TensorPrimitive};
 
     use super::super::attention::{softmax_grad_ops, softmax_probs_ops, softmax_stats_ops};
     use super::super::lora::{gelu_tanh_grad_ops, QLoraBackend};
@@ -379,6 +379,35 @@ mod flex {
                 ),
                 _ => softmax_grad_ops(p, dp, scale),
             }
+        }
+
+        /// Four uniform draws of burn's generator seed a SplitMix64 stream per chunk of 4096
+        /// values (rows in parallel, the same mask on any thread count).
+        fn bernoulli<const D: usize>(
+            shape: [usize; D],
+            keep: f64,
+            device: &FlexDevice,
+        ) -> Tensor<Self, D> {
+            use rayon::prelude::*;
+            let u: Vec<f32> = Tensor::<Flex, 1>::random([4], Distribution::Default, device)
+                .into_data()
+                .to_vec()
+                .expect("f32 draws");
+            let seed = u.iter().fold(0u64, |s, &x| {
+                (s << 24) ^ (s >> 40) ^ (x * 16_777_216.0) as u64
+            });
+            let n: usize = shape.iter().product();
+            let threshold = (keep.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64;
+            let mut mask = vec![0f32; n];
+            mask.par_chunks_mut(4096)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let mut r = crate::rng::Rng::derive(seed, i as u64);
+                    for v in chunk {
+                        *v = f32::from((r.next_u64() >> 11) < threshold);
+                    }
+                });
+            tensor(shape, mask, device)
         }
 
         fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
@@ -719,5 +748,44 @@ mod tests {
             bits(a.grad(&want).unwrap()),
             "frozen rhs"
         );
+    }
+
+    /// Dropout masks: only 0 and 1, 1 at the keep rate, the same after reseeding burn's
+    /// generator (what per-layer recomputation relies on), another one after more draws.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn dropout_masks_keep_their_rate_and_follow_the_backends_seed() {
+        use crate::backend::{Compute, Train};
+        use crate::model::lora::QLoraBackend;
+        use burn::prelude::*;
+
+        let dev = Default::default();
+        let draw = || -> Vec<f32> {
+            Compute::bernoulli([300, 1000], 0.9, &dev)
+                .into_data()
+                .to_vec()
+                .unwrap()
+        };
+        <Compute as Backend>::seed(&dev, 7);
+        let (a, b) = (draw(), draw());
+        <Compute as Backend>::seed(&dev, 7);
+        assert_eq!(draw(), a, "reseeded: the same mask");
+        assert_ne!(a, b, "the next draw: another mask");
+        assert!(a.iter().all(|&v| v == 0.0 || v == 1.0));
+        // 300,000 draws: the rate's standard error is 0.00055.
+        let rate = a.iter().sum::<f32>() / a.len() as f32;
+        assert!((rate - 0.9).abs() < 0.003, "keep rate {rate}");
+        // Under autodiff: x * mask / keep where kept, 0 elsewhere, gradients likewise.
+        let d = burn::nn::DropoutConfig::new(0.25).init();
+        <Train as Backend>::seed(&dev, 3);
+        let x = Tensor::<Train, 2>::ones([64, 64], &dev).require_grad();
+        let y = crate::model::dropout(&d, x.clone());
+        let g = y.clone().sum().backward();
+        let y: Vec<f32> = y.into_data().to_vec().unwrap();
+        let dx: Vec<f32> = x.grad(&g).unwrap().into_data().to_vec().unwrap();
+        assert_eq!(y, dx);
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let kept = y.iter().filter(|&&v| v > 0.0).count() as f32 / y.len() as f32;
+        assert!((kept - 0.75).abs() < 0.03, "kept {kept}");
     }
 }

@@ -359,6 +359,16 @@ pub trait QLoraBackend: Backend {
         lhs.matmul(rhs)
     }
 
+    /// A dropout mask: 1 with probability `keep`, else 0 (f32, untracked), drawn from the
+    /// backend's seeded generator (so reseeding it redraws the same mask).
+    fn bernoulli<const D: usize>(
+        shape: [usize; D],
+        keep: f64,
+        device: &Self::Device,
+    ) -> Tensor<Self, D> {
+        Tensor::random(shape, burn::tensor::Distribution::Bernoulli(keep), device)
+    }
+
     /// Attention on `[batch, heads, tokens, head_dim]` with an additive mask bias.
     fn attention(
         q: Tensor<Self, 4>,
@@ -546,6 +556,14 @@ impl<B: QLoraBackend, C: CheckpointStrategy> QLoraBackend for Autodiff<B, C> {
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
+    fn bernoulli<const D: usize>(
+        shape: [usize; D],
+        keep: f64,
+        device: &Self::Device,
+    ) -> Tensor<Self, D> {
+        Tensor::from_inner(B::bernoulli(shape, keep, device))
+    }
+
     /// The inner backend's [`QLoraBackend::matmul`] forward and backward (burn's autodiff
     /// matmul would call the inner backend's plain matmul for both). Broadcast batch dims
     /// take burn's op.
@@ -720,7 +738,7 @@ impl<B: QLoraBackend> LoraAdapter<B> {
         // input is cast in and the output back (no-ops when they agree).
         let dtype = x.dtype();
         let x = x.cast(self.a.val().dtype());
-        let h = linear_flat(self.dropout.forward(x), self.a.val(), None);
+        let h = linear_flat(super::dropout(&self.dropout, x), self.a.val(), None);
         (linear_flat(h, self.b.val(), None) * self.scaling).cast(dtype)
     }
 }

@@ -466,11 +466,9 @@ impl<B: QLoraBackend> PhiLayer<B> {
     ) -> Tensor<B, 3> {
         let (rope, bias) = (&ctx.rope, ctx.bias.clone());
         let h = self.input_layernorm.forward(x.clone());
-        let a = self
-            .resid_dropout
-            .forward(self.attn(h.clone(), rope, bias, cache));
+        let a = super::dropout(&self.resid_dropout, self.attn(h.clone(), rope, bias, cache));
         let m = self.fc2.forward(self.act.forward_lm(self.fc1.forward(h)));
-        a + self.resid_dropout.forward(m) + x
+        a + super::dropout(&self.resid_dropout, m) + x
     }
 
     fn attn(
@@ -727,7 +725,7 @@ impl<B: QLoraBackend> Phi<B> {
 
     /// The input embeddings as the first layer takes them (`embd_pdrop` while training).
     pub fn embed_input(&self, embeds: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.embed_dropout.forward(embeds)
+        super::dropout(&self.embed_dropout, embeds)
     }
 
     /// Logits from the last layer's output: `final_layernorm`, then `lm_head`.
