@@ -20,9 +20,9 @@
 //! `<|endoftext|>` special with id 0 (bos = eos = pad). Model: [`PhiConfig::init_hf`].
 //! Loop: AdamW, linear warmup then cosine to 0, global-norm clipping, right padding with
 //! an attention mask, [`summed_target_loss`] (the head only at real tokens), optionally on
-//! several data-parallel workers (`workers`, [`parallel::with_peers`]). Evaluation: the first question of every val
-//! conversation with its image's captions (file order) as `ctx`, greedy, 5 new tokens,
-//! [`qa_exact_match`] per question type.
+//! several data-parallel workers (`workers`, [`parallel::with_peers`]). Evaluation: the
+//! first question of every val conversation with its image's captions (file order) as
+//! `ctx`, greedy, 5 new tokens, [`qa_exact_match`] per question type.
 //!
 //! Written to a temporary sibling folder, renamed onto `out` at the end: `config.json`,
 //! `model.safetensors`, `tokenizer.json`, `generation_config.json`, `pretrain.json`.
