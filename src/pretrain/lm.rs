@@ -19,7 +19,7 @@
 //! Tokenizer: byte-level BPE trained on the training captions and conversations,
 //! `<|endoftext|>` special with id 0 (bos = eos = pad). Model: [`PhiConfig::init_hf`].
 //! Loop: AdamW, linear warmup then cosine to 0, global-norm clipping, right padding with
-//! an attention mask, [`summed_target_loss`] (the head only at real tokens), optionally on
+//! an attention mask, [`summed_loss_at`] (the head only at real tokens), optionally on
 //! several data-parallel workers (`workers`, [`parallel::with_peers`]). Evaluation: the
 //! first question of every val conversation with its image's captions (file order) as
 //! `ctx`, greedy, 5 new tokens, [`qa_exact_match`] per question type.
@@ -51,7 +51,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::Activation;
 use crate::rng::Rng;
 use crate::train::grads;
-use crate::train::loss::summed_target_loss;
+use crate::train::loss::{summed_loss_at, Targets};
 use crate::train::schedule::LrSchedule;
 use crate::train::{parallel, Device};
 
@@ -281,13 +281,14 @@ pub fn train_tokenizer(texts: &[String], vocab: usize) -> Result<tokenizers::Tok
 // ---------------------------------------------------------------------------------------
 // Batches
 
-/// Right-padded ids, attention mask and labels (-100 on padding) for `docs`, each cut to
-/// `max_len` tokens.
+/// Right-padded ids and attention mask for `docs`, each cut to `max_len` tokens, and the
+/// loss targets of labels that are the ids, -100 on padding (from the host: nothing is read
+/// back from the device).
 pub fn batch<B: Backend>(
     docs: &[Vec<u32>],
     max_len: usize,
     device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Bool>, Tensor<B, 2, Int>) {
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Bool>, Targets) {
     let width = docs
         .iter()
         .map(|d| d.len().min(max_len))
@@ -309,7 +310,7 @@ pub fn batch<B: Backend>(
     (
         Tensor::from_data(TensorData::new(ids, shape), device),
         Tensor::from_data(TensorData::new(keep, shape), device),
-        Tensor::from_data(TensorData::new(labels, shape), device),
+        Targets::from_labels(&labels, shape[0], shape[1]),
     )
 }
 
@@ -454,7 +455,8 @@ fn lm_step<O: Optimizer<Phi<Train>, Train>>(
     lr: f64,
     device: &Device,
 ) -> (Phi<Train>, f64) {
-    // Every real token but a document's first is a target (`batch`'s labels).
+    // Every real token but a document's first is a target (`batch`'s labels), over the
+    // whole batch, not this worker's share.
     let targets: usize = docs
         .iter()
         .map(|d| d.len().min(o.max_len).saturating_sub(1))
@@ -469,9 +471,9 @@ fn lm_step<O: Optimizer<Phi<Train>, Train>>(
             Tensor::<Compute, 1>::zeros([1], device),
         )
     } else {
-        let (ids, mask, labels) = batch::<Train>(&mine, o.max_len, device);
+        let (ids, mask, targets) = batch::<Train>(&mine, o.max_len, device);
         let hidden = model.hidden_embeds(model.embed(ids), Some(mask), None);
-        let summed = summed_target_loss(hidden, |x| model.head(x), labels);
+        let summed = summed_loss_at(hidden, |x| model.head(x), &targets);
         let g = GradientsParams::from_grads((summed.clone() / norm).backward(), &model);
         (g, summed.inner())
     };

@@ -9,8 +9,8 @@ pub use crate::data::batch::Targets;
 use crate::data::sequence::IGNORE;
 
 /// Mean cross-entropy over target tokens, and their count, from the logits of every
-/// position (the form HF computes; training takes [`target_lm_loss`] and
-/// [`summed_target_loss`], which apply the head only where a target is).
+/// position (the form HF computes; training takes [`summed_loss_at`], which applies the
+/// head only where a target is).
 pub fn masked_lm_loss<B: Backend>(
     logits: Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
@@ -40,32 +40,11 @@ pub fn summed_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     (picked * keep.float()).sum().neg()
 }
 
-/// [`summed_lm_loss`] from the last layer's output `hidden` `[b, L, d]`, with `head` (final
-/// norm, `lm_head`) applied only at the positions that predict a target: the same loss
-/// and gradients without the logits of image, prompt and padding positions, which the
-/// loss ignores (at stage 1 about half the head's work and of the `[b, L, vocab]` logits'
-/// memory; HF computes them all).
-pub fn summed_target_loss<B: Backend>(
-    hidden: Tensor<B, 3>,
-    head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
-    labels: Tensor<B, 2, Int>,
-) -> Tensor<B, 1> {
-    summed_loss_at(hidden, head, &Targets::of(&labels))
-}
-
-/// The mean cross-entropy over target tokens, and their count, from the last layer's
-/// output, the head only at the targets (as [`summed_target_loss`]).
-pub fn target_lm_loss<B: Backend>(
-    hidden: Tensor<B, 3>,
-    head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
-    labels: Tensor<B, 2, Int>,
-) -> (Tensor<B, 1>, usize) {
-    let t = Targets::of(&labels);
-    let n = t.ids.len();
-    (summed_loss_at(hidden, head, &t) / (n.max(1) as f64), n)
-}
-
-/// [`summed_target_loss`] at targets already known on the host (a batch's own).
+/// [`summed_lm_loss`] from the last layer's output `hidden` `[b, L, d]` at the batch's
+/// targets `t`, with `head` (final norm, `lm_head`) applied only at the positions that
+/// predict a target: the same loss and gradients without the logits of image, prompt and
+/// padding positions, which the loss ignores (at stage 1 about half the head's work and of
+/// the `[b, L, vocab]` logits' memory; HF computes them all).
 pub fn summed_loss_at<B: Backend>(
     hidden: Tensor<B, 3>,
     head: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
@@ -110,7 +89,9 @@ mod tests {
         let labels =
             Tensor::<B, 2, Int>::from_data(TensorData::new(vec![-100i64, -100, 1], [1, 3]), &dev);
         // The logits themselves are the hidden states, the head the identity.
-        let (loss, n) = target_lm_loss(logits, |x| x, labels);
+        let t = Targets::of(&labels);
+        let n = t.ids.len();
+        let loss = summed_loss_at(logits, |x| x, &t) / n as f64;
         assert_eq!(n, 1);
         // Position 1 predicts label 1: logits [2, 0] -> -log softmax[1].
         let expect = -(0f64 - (2f64.exp() + 1.0).ln());
@@ -136,7 +117,7 @@ mod tests {
         let run = |at_targets: bool| {
             let h = hidden.clone().detach().require_grad();
             let loss = if at_targets {
-                summed_target_loss(h.clone(), head, labels.clone())
+                summed_loss_at(h.clone(), head, &Targets::of(&labels))
             } else {
                 summed_lm_loss(head(h.clone()), labels.clone())
             };
@@ -151,7 +132,7 @@ mod tests {
         let none =
             Tensor::<Train, 2, Int>::from_data(TensorData::new(vec![IGNORE; b * l], [b, l]), &dev);
         let h = hidden.clone().detach().require_grad();
-        let loss = summed_target_loss(h.clone(), head, none);
+        let loss = summed_loss_at(h.clone(), head, &Targets::of(&none));
         let g = loss.clone().backward();
         assert_eq!(loss.into_scalar(), 0.0);
         let g: f32 = h.grad(&g).unwrap().abs().max().into_scalar();

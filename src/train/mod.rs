@@ -88,8 +88,8 @@ fn hidden<B: QLoraBackend>(
 }
 
 /// The batch's cross-entropy summed over its target tokens ([`loss::summed_loss_at`] its
-/// host-side targets: the LM's head only where a target is), the same value as [`loss::summed_lm_loss`] of
-/// [`forward`]'s logits.
+/// host-side targets: the LM's head only where a target is), the same value as
+/// [`loss::summed_lm_loss`] of [`forward`]'s logits.
 pub fn summed_loss<B: QLoraBackend>(
     projector: &Projector<B>,
     lm: &Phi<B>,

@@ -17,34 +17,45 @@ fn values(t: Tensor<Compute, 3>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
-#[test]
-fn pretrain_lm_round_trips_and_learns() {
-    let tmp = tempfile::tempdir().unwrap();
-    let world = tmp.path().join("w");
+/// A synthetic world of `images` 32-px images in `dir/w`.
+fn world(dir: &std::path::Path, images: usize, seed: u64) -> std::path::PathBuf {
+    let world = dir.join("w");
     generate(
         &world,
         &SynthOptions {
-            images: 60,
+            images,
             size: 32,
-            seed: 5,
+            seed,
             val_fraction: 0.25,
             threads: 2,
         },
     )
     .unwrap();
-    let out = tmp.path().join("lm");
-    let o = LmPretrainOptions {
-        world: world.clone(),
-        out: out.clone(),
+    world
+}
+
+/// A 1-layer d-32 Phi with a 300-token vocabulary, `steps` steps of 8 documents.
+fn tiny(world: &std::path::Path, out: &std::path::Path, steps: u64) -> LmPretrainOptions {
+    LmPretrainOptions {
+        world: world.to_path_buf(),
+        out: out.to_path_buf(),
         d_model: 32,
         layers: 1,
         heads: 4,
         vocab: 300,
-        steps: 30,
+        steps,
         batch: 8,
         progress: false,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn pretrain_lm_round_trips_and_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = world(tmp.path(), 60, 5);
+    let out = tmp.path().join("lm");
+    let o = tiny(&world, &out, 30);
     let r = pretrain_lm(&o).unwrap();
 
     // Only the finished folder is left (the temporary one was renamed).
@@ -169,33 +180,13 @@ fn pretrain_lm_round_trips_and_learns() {
 #[test]
 fn pretraining_on_several_workers_equals_one_worker() {
     let tmp = tempfile::tempdir().unwrap();
-    let world = tmp.path().join("w");
-    generate(
-        &world,
-        &SynthOptions {
-            images: 40,
-            size: 32,
-            seed: 7,
-            val_fraction: 0.25,
-            threads: 2,
-        },
-    )
-    .unwrap();
+    let world = world(tmp.path(), 40, 7);
     let run = |workers: usize| {
         let out = tmp.path().join(format!("lm{workers}"));
         let o = LmPretrainOptions {
-            world: world.clone(),
-            out: out.clone(),
-            d_model: 32,
-            layers: 1,
-            heads: 4,
-            vocab: 300,
-            steps: 8,
-            batch: 8,
             length_groups: 2,
             workers,
-            progress: false,
-            ..Default::default()
+            ..tiny(&world, &out, 8)
         };
         let r = pretrain_lm(&o).unwrap();
         (
